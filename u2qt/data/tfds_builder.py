@@ -1,0 +1,116 @@
+"""Per-user examples as a TFDS data set in array_record files (no TensorFlow needed).
+
+`build_data_source(examples, data_dir, fingerprint)` writes the examples once, under
+`data_dir/user_examples/<fingerprint>/1.0.0/`, and returns a random-access data source
+(`len` = number of users; element i = dict of numpy arrays of user i) for `grain.MapDataset.source`.
+A second call with the same fingerprint reuses the files. TFDS writes into a temporary
+`*.incomplete*` directory and renames it only when everything is written, so an interrupted build
+leaves no half-written data set behind; the next call builds it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+VERSION = "1.0.0"
+
+
+def examples_fingerprint(examples: dict[str, np.ndarray]) -> str:
+    """A short hash of the examples' keys, shapes, dtypes and contents: a natural cache key."""
+    h = hashlib.sha1()
+    for k in sorted(examples):
+        v = np.ascontiguousarray(examples[k])
+        h.update(f"{k}:{v.dtype.str}:{v.shape};".encode())
+        h.update(memoryview(v).cast("B"))
+    return h.hexdigest()[:16]
+
+
+class UserExamples(tfds.core.GeneratorBasedBuilder):
+    """One record per user: the arrays of `u2qt.data.examples.build_examples`."""
+
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {str(VERSION): "Per-user examples (u2qt/data/README.md)."}
+    # Nothing is downloaded, so there is no checksums file next to the code. Finding the code's
+    # path needs the `importlib_resources` package, which is not always installed.
+    code_path = None
+
+    def __init__(self, *, examples: dict[str, np.ndarray], **kwargs):
+        self._examples = examples
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = tfds.features.FeaturesDict({
+            k: tfds.features.Tensor(shape=v.shape[1:], dtype=v.dtype)
+            for k, v in sorted(self._examples.items())
+        })
+        # disable_shuffling: record i stays user i (TFDS otherwise orders records by a key hash).
+        return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        n = len(next(iter(self._examples.values())))
+        for i in range(n):
+            yield i, {k: v[i] for k, v in self._examples.items()}
+
+
+class ExampleSource:
+    """Random-access view of the prepared records: element i = {key: numpy array} of user i.
+
+    TFDS decodes scalar features to Python numbers; this restores each key's numpy dtype.
+    """
+
+    def __init__(self, source, dtypes: dict[str, np.dtype]):
+        self._source = source
+        self._dtypes = dtypes
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def _typed(self, record) -> dict[str, np.ndarray]:
+        return {k: np.asarray(record[k], dtype=d) for k, d in self._dtypes.items()}
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self._typed(self._source[index])
+
+    def __getitems__(self, indices) -> list[dict[str, np.ndarray]]:
+        return [self._typed(r) for r in self._source.__getitems__(list(indices))]
+
+    def __repr__(self) -> str:
+        return f"ExampleSource({self._source!r})"
+
+
+def _config_name(fingerprint: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", fingerprint)
+    if not name:
+        raise ValueError("fingerprint must be a non-empty string")
+    return name
+
+
+def build_data_source(examples: dict[str, np.ndarray], data_dir: str, fingerprint: str):
+    """Writes `examples` as array_record (once per fingerprint) and returns the random-access source."""
+    sizes = {k: len(v) for k, v in examples.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"examples must share their leading dimension, got {sizes}")
+    builder = UserExamples(
+        examples=examples,
+        data_dir=os.fspath(data_dir),
+        config=tfds.core.BuilderConfig(name=_config_name(fingerprint)),
+        file_format="array_record",
+    )
+    if not builder.is_prepared():
+        builder.download_and_prepare(file_format="array_record")
+    source = builder.as_data_source(split="train")
+    if len(source) != next(iter(sizes.values())):
+        raise ValueError(
+            f"{builder.data_dir}: holds {len(source)} examples, expected {next(iter(sizes.values()))}; "
+            "the fingerprint is reused for different data"
+        )
+    return ExampleSource(source, {k: np.dtype(v.dtype) for k, v in sorted(examples.items())})
