@@ -106,6 +106,7 @@ def build_data_source(examples: dict[str, np.ndarray], data_dir: str, fingerprin
         file_format="array_record",
     )
     if not builder.is_prepared():
+        tfds.disable_progress_bar()  # a run's own progress bar is the one worth reading
         builder.download_and_prepare(file_format="array_record")
     source = builder.as_data_source(split="train")
     if len(source) != next(iter(sizes.values())):

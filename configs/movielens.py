@@ -1,0 +1,49 @@
+"""U²QT user tokenizer on MovieLens-1M (original files; pass the directory as data.path).
+
+  python train.py --config configs/movielens.py --workdir runs/ml1m \
+      --config.data.path=../shared/data/movielens-1m
+Variants: `:nogender` trains a tokenizer that never sees gender (for the gender downstream task);
+`:runlocal` a few steps, for tests.
+"""
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location("u2qt_configs_default", os.path.join(os.path.dirname(__file__), "default.py"))
+_default = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_default)
+base_config = _default.base_config
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.data.source = "movielens"
+    c.data.path = "../shared/data/movielens-1m"
+    c.data.max_events = 50
+    c.data.holdout = 10
+    c.data.min_input = 10
+    c.quantizer.shared_codes = 256
+    c.quantizer.source_codes = 256
+    c.train.batch_size = 128
+    c.train.steps = 1200
+    c.quantizer.kmeans_at_step = 300
+    c.quantizer.kmeans_users = 8192  # all of MovieLens-1M's 6,040 users
+    c.train.eval_every = 400
+    c.train.checkpoint_every = 400
+    variants = set((arg or "").split(",")) - {""}
+    if "nogender" in variants:
+        c.data.exclude_user_columns = ("gender",)
+    if "runlocal" in variants:
+        c.train.steps = 6
+        c.train.batch_size = 64
+        c.train.log_every = 2
+        c.train.eval_every = 6
+        c.train.checkpoint_every = 6
+        c.quantizer.kmeans_users = 512
+        c.quantizer.kmeans_iters = 3
+        c.quantizer.kmeans_at_step = 2
+        c.quantizer.shared_codes = 32
+        c.quantizer.source_codes = 32
+    unknown = variants - {"nogender", "runlocal"}
+    if unknown:
+        raise ValueError(f"configs/movielens.py: unknown variants {sorted(unknown)} (known: nogender, runlocal)")
+    return c

@@ -1,0 +1,126 @@
+"""Config files and command-line overrides.
+
+A config is a Python file with ``get_config(arg: str | None) -> ml_collections.ConfigDict``
+(big_vision style); ``--config configs/NAME.py:ARG`` passes ARG. Overrides are dotted keys,
+``--config.train.steps=500``; values are parsed as Python literals and must keep the type of the
+default. Unknown keys and ill-typed values fail with a message that names the key.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from typing import Any, Iterable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used; the message says which and why."""
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path!r}")
+    module_spec = importlib.util.spec_from_file_location(f"u2qt_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(arg)")
+    cfg = module.get_config(arg or None)
+    cfg.lock()
+    return cfg
+
+
+def _all_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in cfg.items():
+        keys.append(prefix + k)
+        if isinstance(v, ml_collections.ConfigDict):
+            keys.extend(_all_keys(v, prefix + k + "."))
+    return keys
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string
+
+
+def apply_override(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            close = difflib.get_close_matches(key, _all_keys(cfg), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        if i < len(parts) - 1:
+            node = node[part]
+    leaf = parts[-1]
+    old = node[leaf]
+    value = _parse_value(text)
+    if isinstance(old, ml_collections.ConfigDict):
+        raise ConfigError(f"config key {key!r} is a section; set one of its fields, e.g. {key}.{next(iter(old.keys()))}")
+    if isinstance(old, bool) and not isinstance(value, bool):
+        raise ConfigError(f"config key {key!r} wants True/False, got {text!r}")
+    if isinstance(old, (int, float)) and not isinstance(old, bool):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} wants a number, got {text!r}")
+        value = type(old)(value) if isinstance(old, float) or float(value).is_integer() else value
+        if isinstance(old, int) and not float(value).is_integer():
+            raise ConfigError(f"config key {key!r} wants an integer, got {text!r}")
+    if isinstance(old, (tuple, list)):
+        if isinstance(value, str):
+            value = tuple(v for v in value.split(",") if v)
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"config key {key!r} wants a list, got {text!r}")
+        value = tuple(value)
+    if isinstance(old, str) and not isinstance(value, str):
+        value = text
+    with node.unlocked():
+        node[leaf] = value
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[tuple[str, str]]) -> ml_collections.ConfigDict:
+    for key, text in overrides:
+        apply_override(cfg, key, text)
+    return cfg
+
+
+def parse_args(argv: list[str], default_config: str) -> tuple[ml_collections.ConfigDict, str | None]:
+    """``--config FILE[:ARG] --workdir DIR --config.a.b=VALUE ...`` → (config, workdir)."""
+    config_spec, workdir, overrides = default_config, None, []
+    it = iter(argv)
+    for token in it:
+        name, eq, value = token.partition("=")
+        if name in ("--config", "--workdir") and not eq:
+            try:
+                value = next(it)
+            except StopIteration:
+                raise ConfigError(f"{name} needs a value") from None
+        if name == "--config":
+            config_spec = value
+        elif name == "--workdir":
+            workdir = value
+        elif name.startswith("--config."):
+            if not eq:
+                try:
+                    value = next(it)
+                except StopIteration:
+                    raise ConfigError(f"{name} needs a value") from None
+            overrides.append((name[len("--config."):], value))
+        elif name in ("-h", "--help"):
+            raise SystemExit(__doc__ + "\nusage: python train.py [--config FILE[:ARG]] [--workdir DIR] [--config.KEY=VALUE ...]")
+        else:
+            raise ConfigError(f"unknown argument {token!r}; expected --config, --workdir or --config.KEY=VALUE")
+    cfg = load_config_file(config_spec)
+    return apply_overrides(cfg, overrides), workdir
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
