@@ -1,0 +1,1 @@
+"""Performance-critical ops, one folder per op (see each folder's README)."""
