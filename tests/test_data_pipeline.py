@@ -153,3 +153,12 @@ def test_iterate_in_order_pads_the_last_batch(examples):
     assert not batches[-1]["items"][~batches[-1]["valid"]].any()
     order = np.concatenate([b["user_index"][b["valid"]] for b in batches])
     np.testing.assert_array_equal(order, np.arange(300))
+
+
+def test_examples_with_an_empty_field_fingerprint_and_round_trip(tmp_path):
+    # MovieLens users have no numeric column: `num` is [U, 0]; hashing and TFDS must take it.
+    examples = {"num": np.zeros((5, 0), np.float32), "length": np.arange(5, dtype=np.int32)}
+    fp = examples_fingerprint(examples)
+    assert fp != examples_fingerprint({**examples, "length": np.arange(1, 6, dtype=np.int32)})
+    source = build_data_source(examples, str(tmp_path), fp)
+    assert len(source) == 5 and source[3]["num"].shape == (0,) and int(source[3]["length"]) == 3

@@ -26,7 +26,7 @@ def examples_fingerprint(examples: dict[str, np.ndarray]) -> str:
     for k in sorted(examples):
         v = np.ascontiguousarray(examples[k])
         h.update(f"{k}:{v.dtype.str}:{v.shape};".encode())
-        h.update(memoryview(v).cast("B"))
+        h.update(v.tobytes())  # (memoryview.cast fails on zero-size arrays, e.g. no numeric fields)
     return h.hexdigest()[:16]
 
 
