@@ -28,7 +28,7 @@ class QuantizeOutput(NamedTuple):
     z_q: jax.Array  # [B, D] quantized vector carrying the straight-through gradient to z
     codes: jax.Array  # [B, L] int32
     residuals: jax.Array  # [B, L, D] the input of each level (for k-means and dead-code reset)
-    loss: jax.Array  # scalar: codebook + β·commitment, averaged over valid rows
+    loss: jax.Array  # scalar: (codebook + β·commitment) summed over levels / L, averaged over valid rows
     recon_error: jax.Array  # scalar: mean ||z - ẑ||² over valid rows
 
 
@@ -52,8 +52,9 @@ def rotation_estimator(z: jax.Array, z_hat: jax.Array, eps: float = 1e-6) -> jax
     r = e + q
     r = sg(r / (jnp.linalg.norm(r, axis=-1, keepdims=True) + eps))
     lam = sg(zh_norm / (z_norm + eps))
-    rotated = z - 2.0 * r * jnp.sum(r * z, -1, keepdims=True) + 2.0 * q * jnp.sum(e * z, -1, keepdims=True)
-    return lam * rotated
+    rotated = lam * (z - 2.0 * r * jnp.sum(r * z, -1, keepdims=True) + 2.0 * q * jnp.sum(e * z, -1, keepdims=True))
+    # Exact forward value even where |z| or |ẑ| is within eps of zero; the gradient is the rotation's.
+    return rotated + sg(z_hat - rotated)
 
 
 def residual_quantize(
@@ -100,17 +101,37 @@ def code_counts(codes: jax.Array, num_codes: int, mask: jax.Array | None = None)
     return jnp.sum(onehot, axis=0)
 
 
-def kmeans(x: jax.Array, k: int, key: jax.Array, *, iters: int = 20, implementation: str | None = None) -> jax.Array:
-    """Lloyd's k-means in JAX: centroids [k, D] from points x [N, D].
+def kmeans_plus_plus(x: jax.Array, k: int, key: jax.Array) -> jax.Array:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next centroid is a point drawn with
+    probability ∝ its squared distance to the nearest centroid so far. O(N·K·D)."""
+    n = x.shape[0]
+    first = x[jax.random.randint(key, (), 0, n)]
+    nearest = jnp.sum((x - first) ** 2, -1)
+    centroids = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
 
-    Initialised from k distinct random points (N ≥ k required); a centroid that loses all its
-    points is moved to the point currently worst served, so no centroid stays empty.
+    def add(i, carry):
+        centroids, nearest = carry
+        logits = jnp.where(nearest > 0, jnp.log(jnp.maximum(nearest, 1e-30)), -jnp.inf)
+        # All points already chosen (duplicates): fall back to a uniform draw.
+        logits = jnp.where(jnp.all(nearest <= 0), 0.0, logits)
+        pick = x[jax.random.categorical(jax.random.fold_in(key, i), logits)]
+        return centroids.at[i].set(pick), jnp.minimum(nearest, jnp.sum((x - pick) ** 2, -1))
+
+    centroids, _ = jax.lax.fori_loop(1, k, add, (centroids, nearest))
+    return centroids
+
+
+def kmeans(x: jax.Array, k: int, key: jax.Array, *, iters: int = 20, implementation: str | None = None) -> jax.Array:
+    """Lloyd's k-means in JAX with k-means++ seeding: centroids [k, D] from points x [N, D].
+
+    A centroid that loses all its points is moved to the point currently worst served, so no
+    centroid stays empty. N ≥ k is required.
     """
     n = x.shape[0]
     if n < k:
         raise ValueError(f"k-means needs at least k={k} points, got {n}; use a larger init batch")
     x = x.astype(jnp.float32)
-    init = x[jax.random.choice(key, n, (k,), replace=False)]
+    init = kmeans_plus_plus(x, k, key)
 
     def step(centroids, _):
         idx, dist = assign(x, centroids, implementation=implementation)

@@ -1,0 +1,358 @@
+"""u2qt.model.quantizer: residual quantization math, gradient estimators, k-means, dead codes.
+
+Everything is checked against plain numpy (brute-force greedy residual argmin, the loss formulas
+of the module docstring) on tiny random inputs of awkward sizes.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from u2qt.model import quantizer as rq
+
+
+
+def _jit(fn, **kwargs):
+    """Jitted once per static setting (eager dispatch of every op would dominate the run time),
+    compiled at XLA backend optimization level 0: same arithmetic, quicker to compile."""
+    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0}, **kwargs)
+
+
+# Plain jit: it is differentiated through, and only a top-level jit takes compiler options.
+_quantize = jax.jit(rq.residual_quantize, static_argnames=("beta", "implementation", "rotation_trick"))
+
+
+def _inputs(seed, b=7, levels=3, k=5, d=6):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((b, d)).astype(np.float32)
+    books = rng.standard_normal((levels, k, d)).astype(np.float32)
+    return z, books
+
+
+def _greedy_numpy(z, books):
+    """Brute force: at every level the code nearest to what the previous levels left."""
+    r = z.astype(np.float64)
+    codes, residuals = [], []
+    for book in books.astype(np.float64):
+        residuals.append(r)
+        dist = ((r[:, None, :] - book[None]) ** 2).sum(-1)
+        idx = dist.argmin(-1)  # lowest index on ties
+        codes.append(idx)
+        r = r - book[idx]
+    return np.stack(codes, 1), np.stack(residuals, 1)
+
+
+def _decode_numpy(codes, books):
+    return sum(books[level][codes[:, level]] for level in range(books.shape[0]))
+
+
+# ----------------------------------------------------------------------------- forward
+@pytest.mark.parametrize("implementation,seed,b,levels,k,d", [
+    (None, 0, 7, 3, 5, 6), (None, 1, 13, 2, 9, 3), ("chunked", 2, 1, 4, 3, 5), ("chunked", 0, 7, 3, 5, 6)])
+def test_codes_are_greedy_residual_argmin(implementation, seed, b, levels, k, d):
+    z, books = _inputs(seed, b, levels, k, d)
+    out = _quantize(jnp.asarray(z), jnp.asarray(books), beta=0.25, implementation=implementation)
+    want_codes, want_residuals = _greedy_numpy(z, books)
+    assert out.codes.dtype == jnp.int32 and out.codes.shape == (b, levels)
+    np.testing.assert_array_equal(np.asarray(out.codes), want_codes)
+    np.testing.assert_allclose(np.asarray(out.residuals), want_residuals, atol=1e-5)
+
+
+def test_codes_exact_on_integer_inputs_with_ties():
+    # Integer values: every distance is exact, duplicated codes force ties (lowest index wins).
+    rng = np.random.default_rng(3)
+    z = rng.integers(-3, 4, (11, 4)).astype(np.float32)
+    books = rng.integers(-2, 3, (3, 6, 4)).astype(np.float32)
+    books[:, 3] = books[:, 1]  # an exact duplicate: never chosen
+    out = _quantize(jnp.asarray(z), jnp.asarray(books), beta=0.25)
+    want, _ = _greedy_numpy(z, books)
+    np.testing.assert_array_equal(np.asarray(out.codes), want)
+    assert not np.any(np.asarray(out.codes) == 3)
+
+
+def test_forward_value_is_sum_of_chosen_codes_and_losses_match_formula():
+    z, books = _inputs(4)
+    beta = 0.3
+    out = _quantize(jnp.asarray(z), jnp.asarray(books), beta=beta)
+    codes, residuals = _greedy_numpy(z, books)
+    z_hat = _decode_numpy(codes, books.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(out.z_q), z_hat, atol=1e-5)
+    # In the forward pass codebook and commitment terms have the same value Σ_l ||r_l - e_l||².
+    chosen = np.stack([books[level][codes[:, level]] for level in range(books.shape[0])], 1)
+    per_row = ((residuals - chosen) ** 2).sum((1, 2))
+    np.testing.assert_allclose(float(out.loss), (1 + beta) * per_row.mean() / books.shape[0], rtol=1e-5)
+    np.testing.assert_allclose(float(out.recon_error), ((z - z_hat) ** 2).sum(-1).mean(), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- gradients
+def test_straight_through_gradient_is_identity():
+    z, books = _inputs(5)
+    w = np.random.default_rng(50).standard_normal(z.shape).astype(np.float32)
+
+    def f(z):
+        return jnp.sum(_quantize(z, jnp.asarray(books), beta=0.25).z_q * w)
+
+    np.testing.assert_allclose(np.asarray(jax.grad(f)(jnp.asarray(z))), w, rtol=1e-6)
+
+
+def test_codebook_loss_gradient_reaches_only_chosen_codes():
+    z, books = _inputs(6, b=4, levels=3, k=8, d=5)  # 4 rows cannot use all 8 codes of a level
+    beta = 0.25
+    grad = jax.grad(lambda c: _quantize(jnp.asarray(z), c, beta=beta).loss)(jnp.asarray(books))
+    grad = np.asarray(grad)
+    codes, residuals = _greedy_numpy(z, books)
+    levels, k, _ = books.shape
+    # d/dC_l[j] of mean_b Σ_l ||sg(r_l) - e_l||² / L = Σ_{b: code=j} -2 (r_bl - C_l[j]) / (B·L).
+    want = np.zeros_like(grad)
+    for b in range(z.shape[0]):
+        for level in range(levels):
+            j = codes[b, level]
+            want[level, j] += -2 * (residuals[b, level] - books[level, j]) / (z.shape[0] * levels)
+    np.testing.assert_allclose(grad, want, atol=1e-5)
+    used = np.zeros((levels, k), bool)
+    for level in range(levels):
+        used[level, codes[:, level]] = True
+    assert (~used).any()
+    assert np.all(grad[~used] == 0.0)
+    assert np.all(np.abs(grad[used]).sum(-1) > 0)
+
+
+def test_commitment_gradient_reaches_z():
+    z, books = _inputs(7)
+    codes, residuals = _greedy_numpy(z, books)
+    chosen = np.stack([books[level][codes[:, level]] for level in range(books.shape[0])], 1)
+    b, levels = z.shape[0], books.shape[0]
+
+    def loss_grad(beta):
+        return np.asarray(jax.grad(lambda z: _quantize(z, jnp.asarray(books), beta=beta).loss)(
+            jnp.asarray(z)))
+
+    # β·Σ_l ||r_l - sg(e_l)||² with r_l = z - Σ_{j<l} sg(e_j): d/dz = β·Σ_l 2(r_l - e_l) / (B·L).
+    want = 0.5 * 2 * (residuals - chosen).sum(1) / (b * levels)
+    np.testing.assert_allclose(loss_grad(0.5), want, atol=1e-5)
+    assert np.abs(want).sum() > 0
+    # Without commitment the codebook term alone sends nothing to z (its residuals are stop-gradient).
+    np.testing.assert_array_equal(loss_grad(0.0), 0.0)
+
+
+def test_rotation_trick_same_forward_different_gradient():
+    z, books = _inputs(8)
+    w = np.random.default_rng(80).standard_normal(z.shape).astype(np.float32)
+
+    @_jit
+    def both(z):
+        def run(z, rotation):
+            return rq.residual_quantize(z, jnp.asarray(books), beta=0.25, rotation_trick=rotation)
+
+        grad = lambda rotation: jax.grad(lambda z: jnp.sum(run(z, rotation).z_q * w))(z)
+        return run(z, False), run(z, True), grad(False), grad(True)
+
+    st, rot, g_st, g_rot = jax.device_get(both(jnp.asarray(z)))
+    np.testing.assert_allclose(rot.z_q, st.z_q, atol=1e-4)
+    np.testing.assert_array_equal(rot.codes, st.codes)
+    np.testing.assert_allclose(rot.loss, st.loss, rtol=1e-6)
+    np.testing.assert_allclose(g_st, w, rtol=1e-6)
+    assert np.all(np.isfinite(g_rot))
+    assert np.abs(g_rot - g_st).max() > 1e-2
+
+
+def test_rotation_trick_forward_is_z_hat_for_tiny_and_zero_inputs():
+    _, books = _inputs(19, levels=2, k=4, d=3)
+    z = np.array([[0.0, 0.0, 0.0], [1e-7, 0.0, 0.0], [0.0, 3e-6, 0.0]], np.float32)
+    st = _quantize(jnp.asarray(z), jnp.asarray(books), beta=0.25)
+    rot = _quantize(jnp.asarray(z), jnp.asarray(books), beta=0.25, rotation_trick=True)
+    np.testing.assert_allclose(np.asarray(rot.z_q), np.asarray(st.z_q), atol=1e-4)
+
+
+def test_rotation_estimator_is_a_scaled_rotation_of_z_onto_z_hat():
+    # Jacobian J = λ·R with R a rotation (JᵀJ = λ²·I, λ = |ẑ|/|z|) and J z = ẑ.
+    rng = np.random.default_rng(9)
+    z, z_hat = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    jac = np.asarray(_jit(jax.jacobian(lambda v: rq.rotation_estimator(v, jnp.asarray(z_hat))))(jnp.asarray(z)))
+    lam = np.linalg.norm(z_hat) / np.linalg.norm(z)
+    np.testing.assert_allclose(jac.T @ jac, lam ** 2 * np.eye(5), atol=1e-4)
+    np.testing.assert_allclose(jac @ z, z_hat, atol=1e-4)
+    assert np.linalg.det(jac / lam) > 0  # a rotation, not a reflection
+
+
+def test_mask_excludes_rows_from_loss():
+    z, books = _inputs(10, b=6)
+    mask = np.array([1, 0, 1, 1, 0, 1], np.float32)
+    keep = mask > 0
+
+    @_jit
+    def loss_and_grad(z, mask):
+        def loss(z):
+            out = rq.residual_quantize(z, jnp.asarray(books), beta=0.25, mask=mask)
+            return out.loss, out.recon_error
+
+        return jax.value_and_grad(loss, has_aux=True)(z)
+
+    (loss, recon), grad = jax.device_get(loss_and_grad(jnp.asarray(z), jnp.asarray(mask)))
+    (sub_loss, sub_recon), _ = jax.device_get(loss_and_grad(jnp.asarray(z[keep]), jnp.ones(int(keep.sum()))))
+    np.testing.assert_allclose(loss, sub_loss, rtol=1e-6)
+    np.testing.assert_allclose(recon, sub_recon, rtol=1e-6)
+    # Masked rows may hold anything without changing the loss, and get no gradient from it.
+    assert np.all(grad[~keep] == 0) and np.abs(grad[keep]).sum() > 0
+    wild = z.copy()
+    wild[~keep] = 1e3
+    (wild_loss, _), _ = jax.device_get(loss_and_grad(jnp.asarray(wild), jnp.asarray(mask)))
+    np.testing.assert_allclose(wild_loss, loss, rtol=1e-6)
+    # All rows masked: zero loss, not NaN.
+    (none_loss, none_recon), _ = jax.device_get(loss_and_grad(jnp.asarray(z), jnp.zeros(6)))
+    assert none_loss == 0.0 and none_recon == 0.0
+    # No mask means every row counts.
+    full = _quantize(jnp.asarray(z), jnp.asarray(books), beta=0.25)
+    (ones_loss, _), _ = jax.device_get(loss_and_grad(jnp.asarray(z), jnp.ones(6)))
+    np.testing.assert_allclose(float(full.loss), ones_loss, rtol=1e-6)
+    assert abs(float(full.loss) - loss) > 1e-4
+
+
+# ----------------------------------------------------------------------------- codes ↔ vectors
+def test_decode_codes_inverts_codes():
+    # Codebooks of each level in their own coordinates: greedy assignment recovers any code tuple.
+    rng = np.random.default_rng(11)
+    levels, k, sub = 3, 5, 2
+    books = np.zeros((levels, k, levels * sub), np.float32)
+    for level in range(levels):
+        books[level, :, level * sub:(level + 1) * sub] = rng.standard_normal((k, sub))
+    codes = rng.integers(0, k, (9, levels)).astype(np.int32)
+    vectors = rq.decode_codes(jnp.asarray(codes), jnp.asarray(books))
+    np.testing.assert_allclose(np.asarray(vectors), _decode_numpy(codes, books), atol=1e-6)
+    out = _quantize(vectors, jnp.asarray(books), beta=0.25)
+    np.testing.assert_array_equal(np.asarray(out.codes), codes)
+    assert float(out.recon_error) < 1e-10
+
+
+def test_decode_codes_reproduces_quantized_vector():
+    z, books = _inputs(12)
+    out = _quantize(jnp.asarray(z), jnp.asarray(books), beta=0.25)
+    np.testing.assert_allclose(np.asarray(rq.decode_codes(out.codes, jnp.asarray(books))), np.asarray(out.z_q),
+                               atol=1e-5)
+
+
+def test_code_counts_with_and_without_mask():
+    codes = np.array([[0, 2], [1, 2], [0, 0], [3, 1]], np.int32)
+    mask = np.array([1, 0, 1, 1])
+    want = np.zeros((2, 4))
+    for row in codes:
+        for level, c in enumerate(row):
+            want[level, c] += 1
+    np.testing.assert_array_equal(np.asarray(rq.code_counts(jnp.asarray(codes), 4)), want)
+    want_masked = want.copy()
+    for level, c in enumerate(codes[1]):
+        want_masked[level, c] -= 1
+    np.testing.assert_array_equal(np.asarray(rq.code_counts(jnp.asarray(codes), 4, jnp.asarray(mask))), want_masked)
+
+
+# ----------------------------------------------------------------------------- k-means
+_kmeans = _jit(rq.kmeans, static_argnames=("k", "iters"))
+
+
+def _planted(seed, centers, per_cluster, noise):
+    rng = np.random.default_rng(seed)
+    return np.concatenate([c + noise * rng.standard_normal((per_cluster, len(c))) for c in centers]).astype(np.float32)
+
+
+def test_kmeans_recovers_two_planted_clusters():
+    centers = np.array([[10.0, 0.0, 1.0], [-10.0, 2.0, 0.0]])
+    x = _planted(13, centers, 17, 0.5)
+    for seed in range(5):
+        c = np.asarray(_kmeans(jnp.asarray(x), k=2, key=jax.random.key(seed), iters=10))
+        dist = np.linalg.norm(c[:, None] - centers[None], axis=-1)
+        # Each centroid is near a distinct planted center, at that cluster's sample mean.
+        assert sorted(dist.argmin(1)) == [0, 1], (seed, c)
+        for j in range(2):
+            np.testing.assert_allclose(c[j], x[17 * dist[j].argmin():17 * (dist[j].argmin() + 1)].mean(0), atol=1e-4)
+
+
+def test_kmeans_recovers_well_separated_clusters_for_any_key():
+    centers = np.array([[20.0, 0, 0], [-20.0, 0, 0], [0, 20.0, 0], [0, 0, 20.0]])
+    x = jnp.asarray(_planted(14, centers, 12, 0.3))
+    keys = jax.random.split(jax.random.key(0), 20)
+    cents = np.asarray(_jit(jax.vmap(lambda key: rq.kmeans(x, 4, key, iters=15)))(keys))
+    worst = np.linalg.norm(cents[:, :, None] - centers[None, None], axis=-1).min(1).max(1)  # per key
+    assert np.all(worst < 1.0), f"{int(np.sum(worst >= 1.0))} of 20 keys miss a planted cluster"
+
+
+def test_kmeans_never_leaves_a_centroid_empty():
+    # Many exact duplicates: a start on two copies of one point makes a centroid lose all its
+    # points; it must be moved to data, so the result is the three distinct points.
+    a, b, c = [0.0, 0.0], [5.0, 0.0], [6.0, 1.0]
+    x = np.array([a] * 10 + [b] * 5 + [c] * 5, np.float32)
+    for seed in range(6):
+        cents = np.asarray(_kmeans(jnp.asarray(x), k=3, key=jax.random.key(seed), iters=6))
+        got = sorted(map(tuple, np.round(cents, 4)))
+        assert got == sorted(map(tuple, [a, b, c])), (seed, cents)
+    # Random data: every centroid ends with at least one point assigned.
+    x = np.random.default_rng(15).standard_normal((40, 3)).astype(np.float32)
+    cents = np.asarray(_kmeans(jnp.asarray(x), k=12, key=jax.random.key(1), iters=8))
+    nearest = ((x[:, None] - cents[None]) ** 2).sum(-1).argmin(1)
+    assert len(set(nearest.tolist())) == 12
+
+
+def test_kmeans_needs_at_least_k_points():
+    with pytest.raises(ValueError, match="k=5"):
+        rq.kmeans(jnp.zeros((4, 3)), 5, jax.random.key(0))
+    # Exactly k points: the centroids are the points themselves.
+    x = np.random.default_rng(16).standard_normal((5, 3)).astype(np.float32)
+    cents = np.asarray(_kmeans(jnp.asarray(x), k=5, key=jax.random.key(0), iters=3))
+    np.testing.assert_allclose(sorted(map(tuple, cents)), sorted(map(tuple, x)), atol=1e-6)
+
+
+def test_residual_kmeans_levels():
+    # Coarse structure (scale 10) plus fine structure (scale 1): level 0 picks up the coarse
+    # centers, level 1 the fine residual, and every level lowers the quantization error.
+    rng = np.random.default_rng(17)
+    coarse = 10 * rng.standard_normal((3, 4))
+    fine = rng.standard_normal((3, 4))
+    z = np.array([coarse[i] + fine[j] + 0.01 * rng.standard_normal(4) for i in range(3) for j in range(3)
+                  for _ in range(4)], np.float32)
+    books = _jit(rq.residual_kmeans, static_argnums=(1, 2), static_argnames="iters")(
+        jnp.asarray(z), 2, 3, jax.random.key(0), iters=8)
+    assert books.shape == (2, 3, 4) and books.dtype == jnp.float32
+    books = np.asarray(books)
+    assert np.all(np.isfinite(books))
+    norms = np.linalg.norm(books, axis=-1).mean(-1)
+    assert norms[0] > 3 * norms[1], norms
+    err0 = float(np.sum(z ** 2, -1).mean())
+    err1 = float(np.sum((z[:, None] - books[0][None]) ** 2, -1).min(1).mean())
+    codes, _ = _greedy_numpy(z, books)
+    err2 = float(np.sum((z - _decode_numpy(codes, books)) ** 2, -1).mean())
+    assert err0 > 10 * err1 and err1 > 2 * err2, (err0, err1, err2)
+
+
+# ----------------------------------------------------------------------------- dead codes, usage
+_reset = _jit(rq.reset_dead_codes, static_argnames="threshold")
+
+
+def test_reset_dead_codes_moves_only_dead_codes_onto_residuals():
+    rng = np.random.default_rng(18)
+    levels, k, d, b = 2, 6, 3, 5
+    books = rng.standard_normal((levels, k, d)).astype(np.float32)
+    usage = np.array([[5.0, 0.0, 2.0, 0.05, 1.0, 0.0], [0.0, 3.0, 3.0, 3.0, 3.0, 0.09]], np.float32)
+    residuals = (100 + rng.standard_normal((b, levels, d))).astype(np.float32)
+    residuals[:, 1] *= -1  # each level's residuals in their own region
+    new, dead = _reset(jnp.asarray(books), jnp.asarray(usage), jnp.asarray(residuals),
+                                    jax.random.key(0), threshold=0.1)
+    new, dead = np.asarray(new), np.asarray(dead)
+    np.testing.assert_array_equal(dead, usage < 0.1)
+    np.testing.assert_array_equal(new[~dead], books[~dead])
+    for level, j in zip(*np.nonzero(dead)):
+        # A revived code sits (up to tiny noise) on a residual of its own level.
+        gap = np.linalg.norm(residuals[:, level] - new[level, j], axis=-1).min()
+        assert gap < 0.02, (level, j, gap)
+    # No dead codes: nothing moves.
+    same, none = _reset(jnp.asarray(books), jnp.ones((levels, k)), jnp.asarray(residuals),
+                                     jax.random.key(1), threshold=0.1)
+    np.testing.assert_array_equal(np.asarray(same), books)
+    assert not np.asarray(none).any()
+
+
+def test_usage_stats():
+    counts = np.array([[2.0, 2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [7.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    stats = rq.usage_stats(jnp.asarray(counts))
+    np.testing.assert_allclose(np.asarray(stats["usage"]), [0.5, 1.0, 0.25, 0.0])
+    np.testing.assert_allclose(np.asarray(stats["perplexity"]), [2.0, 4.0, 1.0, 1.0], rtol=1e-6)
