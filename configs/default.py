@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.shared_dim = 64
     c.model.source_dim = 32
     c.model.dropout = 0.1
+    c.model.view_dropout = 0.5  # share of rows whose decoders see only the shared tokens
 
     c.quantizer = ml_collections.ConfigDict()
     c.quantizer.shared_levels = 3
@@ -43,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.quantizer.rotation_trick = False  # straight-through (False) or rotation-trick gradients
     c.quantizer.implementation = "auto"  # nearest-code kernel: auto | reference | chunked | pallas_gpu | pallas_tpu
     c.quantizer.kmeans_init = True  # initialise every codebook stack by residual k-means on data
-    c.quantizer.kmeans_at_step = 200  # ... at this step: the encoders warm up unquantized before it
+    c.quantizer.kmeans_at_step = 150  # ... at this step: the encoders warm up unquantized before it
     c.quantizer.kmeans_users = 4096  # users encoded for the k-means initialisation
     c.quantizer.kmeans_iters = 25
     c.quantizer.dead_code_fraction = 0.1  # a code is dead below this fraction of the mean usage
@@ -66,14 +67,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128  # global, split over the mesh's data axis
-    c.train.steps = 800
+    c.train.steps = 500
     c.train.lr = 2e-3
     c.train.warmup_steps = 100
     c.train.weight_decay = 0.01
     c.train.clip_norm = 1.0
     c.train.log_every = 50
-    c.train.eval_every = 400
-    c.train.checkpoint_every = 400
+    c.train.eval_every = 250
+    c.train.checkpoint_every = 250
     c.train.keep_checkpoints = 2
     c.train.select_metric = ""  # an eval metric to keep the best parameters by ("" = the last ones)
     c.train.halt_after_step = 0  # >0: stop after this step as if the run were killed (resume tests)

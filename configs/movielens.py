@@ -18,17 +18,20 @@ def get_config(arg=None):
     c = base_config()
     c.data.source = "movielens"
     c.data.path = "../shared/data/movielens-1m"
-    c.data.max_events = 50
+    c.data.max_events = 32
     c.data.holdout = 10
     c.data.min_input = 10
+    # 4 shared levels: half the users have no ratings and differ only in their attributes (zip
+    # above all), so the shared tokens need the resolution to tell them apart.
+    c.quantizer.shared_levels = 4
     c.quantizer.shared_codes = 256
     c.quantizer.source_codes = 256
     c.train.batch_size = 128
-    c.train.steps = 1200
-    c.quantizer.kmeans_at_step = 300
+    c.train.steps = 600
+    c.quantizer.kmeans_at_step = 150
     c.quantizer.kmeans_users = 8192  # all of MovieLens-1M's 6,040 users
-    c.train.eval_every = 400
-    c.train.checkpoint_every = 400
+    c.train.eval_every = 200
+    c.train.checkpoint_every = 200
     variants = set((arg or "").split(",")) - {""}
     if "nogender" in variants:
         c.data.exclude_user_columns = ("gender",)

@@ -104,12 +104,22 @@ class U2QT(nn.Module):
         return {k: q._replace(z_q=jnp.where(on, q.z_q, vectors[k]), loss=jnp.where(on, q.loss, 0.0))
                 for k, q in out.items()}
 
-    def decode(self, quantized: dict):
-        """Reconstruction predictions per source from [ĥ; v̂_s]."""
+    def decode(self, quantized: dict, deterministic: bool = True):
+        """Reconstruction predictions per source from [ĥ; v̂_s].
+
+        In training, v̂_s is zeroed for a random ``model.view_dropout`` share of the rows, so the
+        shared tokens alone must reconstruct every source: what distinguishes two users cannot
+        hide in a source-specific stack (that would make their shared codes collide).
+        """
         h_q = quantized["shared"].z_q
+        drop = self.cfg.model.view_dropout
         preds = {}
         for s in self.sources:
-            x = self.decoder_trunk[s](jnp.concatenate([h_q, quantized[s].z_q], -1))
+            v_q = quantized[s].z_q
+            if not deterministic and drop > 0:
+                keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - drop, (v_q.shape[0], 1))
+                v_q = v_q * keep
+            x = self.decoder_trunk[s](jnp.concatenate([h_q, v_q], -1))
             if s == "tabular":
                 preds[s] = ([head(x) for head in self.cat_heads], self.num_head(x)[:, : self.spec.num_numeric])
             elif s == "behaviour":
@@ -123,7 +133,7 @@ class U2QT(nn.Module):
         quantized = self.quantize(h, views, mask, quantize_on)
         return {
             "h": h, "views": views, "behaviour_repr": behaviour_repr, "quantized": quantized,
-            "recon": self.decode(quantized), "cf_query": self.cf_proj(quantized["shared"].z_q),
+            "recon": self.decode(quantized, deterministic), "cf_query": self.cf_proj(quantized["shared"].z_q),
             "item_table": self.behaviour.item_table(),
         }
 
