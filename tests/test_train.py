@@ -116,7 +116,7 @@ def test_movielens_builds_and_trains_a_few_steps(tmp_path, compile_cache):
     config_lib.apply_override(cfg, "data.path", path)
     config_lib.apply_override(cfg, "train.progress", "False")
     summary = train(cfg, tmp_path)
-    assert summary["users"] == 6040  # users 3000-6040 have no ratings in the shared copy and still get tokens
+    assert summary["rows"] == 6040  # users 3000-6040 have no ratings in the shared copy and still get tokens
     tokens = pd.read_parquet(tmp_path / "user_tokens.parquet")
     assert tokens["user_id"].tolist()[:3] == ["1", "2", "3"]
     spec = json.load(open(tmp_path / "dataset_spec.json"))
@@ -139,24 +139,23 @@ def test_ill_typed_config_value_fails_with_the_key_named(tmp_path):
     assert out.returncode == 2 and "train.steps" in out.stderr
 
 
-def test_malformed_events_file_fails_naming_file_and_line(tmp_path):
+def _tables_run(tmp_path, users: str, items: str, events: str):
     data = tmp_path / "data"
     data.mkdir()
-    (data / "users.csv").write_text("user_id,country\nu1,fr\nu2,de\n")
-    (data / "items.csv").write_text("item_id,text\ni1,red shoes\ni2,blue hat\n")
-    (data / "events.csv").write_text("user_id,item_id,timestamp\nu1,i1,100\nu2,i2,yesterday\n")
-    out = _train_cli("--workdir", str(tmp_path / "run"), "--config.data.source=tables", f"--config.data.path={data}")
+    for name, text in (("users", users), ("items", items), ("events", events)):
+        (data / f"{name}.csv").write_text(text)
+    return _train_cli("--workdir", str(tmp_path / "run"), "--config.data.source=tables", f"--config.data.path={data}")
+
+
+def test_malformed_events_file_fails_naming_file_and_line(tmp_path):
+    out = _tables_run(tmp_path, "user_id,country\nu1,fr\nu2,de\n", "item_id,text\ni1,red shoes\ni2,blue hat\n",
+                      "user_id,item_id,timestamp\nu1,i1,100\nu2,i2,yesterday\n")
     assert out.returncode == 2
     assert "events.csv" in out.stderr and "line 3" in out.stderr and "timestamp" in out.stderr
 
 
 def test_empty_users_table_fails_clearly(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "users.csv").write_text("user_id,country\n")
-    (data / "items.csv").write_text("item_id,text\ni1,red shoes\n")
-    (data / "events.csv").write_text("user_id,item_id,timestamp\n")
-    out = _train_cli("--workdir", str(tmp_path / "run"), "--config.data.source=tables", f"--config.data.path={data}")
+    out = _tables_run(tmp_path, "user_id,country\n", "item_id,text\ni1,red shoes\n", "user_id,item_id,timestamp\n")
     assert out.returncode == 2
     assert "users.csv" in out.stderr and "empty" in out.stderr.lower()
 
@@ -166,3 +165,15 @@ def test_nan_in_a_batch_is_reported_with_the_user():
     batch = {"user_index": np.array([7, 8, 9]), "num": np.array([[0.0], [np.nan], [1.0]], np.float32)}
     with pytest.raises(FloatingPointError, match=r"'num'.*\[8\]"):
         check_batch(batch, step=3)
+
+
+def test_synthetic_run_recovers_the_planted_types(tmp_path, compile_cache):
+    """The default synthetic config, halved in users and steps: the first shared code must
+    separate the planted user types (purity >= 0.8)."""
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "default.py"))
+    for key, value in {"data.synthetic_users": "1500", "train.steps": "300", "quantizer.kmeans_at_step": "100",
+                       "train.eval_every": "1000", "train.checkpoint_every": "1000", "train.progress": "False"}.items():
+        config_lib.apply_override(cfg, key, value)
+    summary = train(cfg, tmp_path)
+    assert summary["purity_first_code"] >= 0.8, summary
+    assert min(summary["views"]["shared"]["usage"]) >= 0.9, summary["views"]["shared"]

@@ -30,7 +30,10 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config(arg)")
-    cfg = module.get_config(arg or None)
+    try:
+        cfg = module.get_config(arg or None)
+    except ValueError as e:  # e.g. an unknown variant
+        raise ConfigError(f"{path}: {e}") from e
     cfg.lock()
     return cfg
 
@@ -79,6 +82,8 @@ def apply_override(cfg: ml_collections.ConfigDict, key: str, text: str) -> None:
             value = tuple(v for v in value.split(",") if v)
         if not isinstance(value, (tuple, list)):
             raise ConfigError(f"config key {key!r} wants a list, got {text!r}")
+        if all(isinstance(v, str) for v in old):  # a list of names stays names, even "1,2"
+            value = tuple(p.strip().strip("'\"") for p in text.strip("()[] ").split(",") if p.strip())
         value = tuple(value)
     if isinstance(old, str) and not isinstance(value, str):
         value = text

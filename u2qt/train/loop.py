@@ -10,6 +10,7 @@ Rerunning the same command resumes from the newest complete checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -90,6 +91,12 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
 
 
 def run(cfg, workdir: str) -> dict:
+    """Trains (or resumes) the run of ``cfg`` in ``workdir``; returns the summary."""
+    with contextlib.ExitStack() as scope:
+        return _run(cfg, workdir, scope)
+
+
+def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     # ------------------------------------------------------------------ workdir, config
     prepare_workdir(cfg, workdir)
     cache_dir = cfg.data.cache_dir or os.path.join(workdir, "cache")
@@ -110,6 +117,8 @@ def run(cfg, workdir: str) -> dict:
     mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
+    # The ambient mesh lets nearest-code kernels run under shard_map over "data" (kernels/codebook_assign).
+    scope.enter_context(jax.set_mesh(mesh))
     if cfg.train.batch_size % len(devices):
         raise config_lib.ConfigError(
             f"config train.batch_size={cfg.train.batch_size} must be a multiple of the {len(devices)} devices")
@@ -118,7 +127,8 @@ def run(cfg, workdir: str) -> dict:
     # ------------------------------------------------------------------ model, optimizer, state
     tx = make_optimizer(cfg)
     select_metric = cfg.train.select_metric
-    sample = {k: np.asarray(v[:2]) for k, v in task.train_examples.items() if k in model_keys}
+    # Shapes only; as many rows as devices so kernels under shard_map can split it.
+    sample = {k: np.asarray(v[:max(2, len(devices))]) for k, v in task.train_examples.items() if k in model_keys}
 
     def init_state(key):
         params = task.init(key, sample, constants)
@@ -148,16 +158,30 @@ def run(cfg, workdir: str) -> dict:
     # ------------------------------------------------------------------ tokens of all users
     tokens_fn = jax.jit(task.encode)
 
+    def to_device(host_batch: dict) -> dict:
+        """A global batch that every process holds whole → a batch sharded over "data"; each
+        process contributes its own slice (the same code serves one process or a pod)."""
+        count, index = jax.process_count(), jax.process_index()
+        share = cfg.train.batch_size // count
+        return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v[index * share:(index + 1) * share]))
+                for k, v in host_batch.items() if k in model_keys}
+
+    def to_host(x) -> np.ndarray:
+        if jax.process_count() == 1:
+            return np.asarray(x)
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
     def encode_users(params, limit: int | None = None):
+        """Codes, continuous vectors and per-level residuals of every encode row, in order."""
         codes, conts, res = [], [], []
         seen = 0
         for batch in iterate_in_order(encode_source, cfg.train.batch_size):
             valid = batch.pop("valid")
-            b = {k: jax.device_put(v, batch_sharding) for k, v in batch.items() if k in model_keys}
-            c, h, r = tokens_fn(params, b, constants)
-            codes.append(np.asarray(c)[valid])
-            conts.append(np.asarray(h)[valid])
-            res.append(jax.tree.map(lambda x: np.asarray(x)[valid], r))
+            c, h, r = tokens_fn(params, to_device(batch), constants)
+            codes.append(to_host(c)[valid])
+            conts.append(to_host(h)[valid])
+            res.append(jax.tree.map(lambda x: to_host(x)[valid], r))
             seen += int(valid.sum())
             if limit and seen >= limit:
                 break
@@ -176,7 +200,8 @@ def run(cfg, workdir: str) -> dict:
         params = dict(state["params"])
         key = jax.random.fold_in(root_key, 10_000_019)
         for i, (view, k) in enumerate(sizes.items()):
-            z = jnp.asarray(residuals[view][: cfg.quantizer.kmeans_users, 0])  # level-0 input = the view's vector
+            usable = min(len(residuals[view]), cfg.quantizer.kmeans_users) // len(devices) * len(devices)
+            z = jnp.asarray(residuals[view][:usable, 0])  # level-0 input = the view's vector
             name = f"codebooks_{view}"
             if z.shape[0] < k:
                 raise config_lib.ConfigError(
@@ -370,7 +395,7 @@ def _summary_text(summary: dict, workdir: str) -> str:
                                             if isinstance(v, (int, float))))
     if "views" not in summary:
         return "\n".join(lines)
-    lines.append(f"  {summary['users']} rows tokenized")
+    lines.append(f"  {summary['rows']} rows tokenized")
     for view, s in summary["views"].items():
         usage = " ".join(f"{u:.0%}" for u in s["usage"])
         ppl = " ".join(f"{p:.0f}" for p in s["perplexity"])

@@ -56,7 +56,7 @@ def summarize(codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int], c
         views[view] = stats
         token_bits += codes.shape[1] * bits_per_code(num_codes[view])
     summary = {
-        "users": int(len(next(iter(codes_by_view.values())))),
+        "rows": int(len(next(iter(codes_by_view.values())))),  # users or items, one token row each
         "views": views,
         "primary_view": next(iter(codes_by_view)),
         "collision_rate": collision_rate(next(iter(codes_by_view.values()))),
