@@ -82,26 +82,26 @@ def get_config(arg=None):
 
     c.train.progress = False
     if kind == "items":
-        c.train.batch_size = 1024
-        c.train.steps = 3000
+        c.train.batch_size = 256
+        c.train.steps = 2000
         c.train.lr = 1e-3
         c.train.warmup_steps = 100
-        c.quantizer.kmeans_at_step = 300
+        c.quantizer.kmeans_at_step = 200
         c.quantizer.reset_every = 100
-        c.train.log_every = 100
-        c.train.eval_every = 1000
-        c.train.checkpoint_every = 1000
+        c.train.log_every = 50
+        c.train.eval_every = 500
+        c.train.checkpoint_every = 500
     else:
         c.train.batch_size = 256
-        c.train.steps = 8000 if dataset == "beauty" else 4000
+        c.train.steps = 6000 if dataset == "beauty" else 2000  # ~70 (Beauty) / ~100 (Office) epochs
         c.train.lr = 1e-3
         c.train.warmup_steps = 200
         c.train.weight_decay = 0.0
         c.quantizer.kmeans_at_step = 200
         c.quantizer.reset_every = 100
         c.train.log_every = 100
-        c.train.eval_every = 500
-        c.train.checkpoint_every = 1000
+        c.train.eval_every = 250
+        c.train.checkpoint_every = 500
         c.train.select_metric = "valid_NDCG@10"
 
     if "runlocal" in variants:

@@ -4,6 +4,9 @@ item representation chosen by `mode`:
   - "semantic": e_i = sum_c E_c[codes[i, c]]            (one table per code position c)
   - "unified":  e_i = E_id[i] + sum_c E_c[codes[i, c]]  (Lin et al. 2025, "Unified semantic and
                 ID representation learning for deep recommenders")
+  - "given":    e_i = table[i], a table [I + 1, d] the caller passes as `item_table=` (a model
+                whose item representations are learned outside, e.g. the unified model trained
+                end to end with its quantizer, `u2qt/model/recommender.py`); no item parameters.
 The same e_i embeds the inputs and scores the next item: logits = h_t · e_i for ALL items i
 (full softmax, no sampled negatives); index 0 is padding, never an input and never a class.
 
@@ -30,6 +33,7 @@ import numpy as np
 from u2qt.model.layers import AttentionBlock
 
 MODES = ("id", "semantic", "unified")
+GIVEN = "given"  # the item table comes from the caller (see the module docstring)
 
 
 def represent_items(items: jax.Array, mode: str, id_embedding: jax.Array | None = None,
@@ -105,8 +109,8 @@ class SASRec(nn.Module):
         super().__post_init__()
 
     def setup(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in MODES + (GIVEN,):
+            raise ValueError(f"mode must be one of {MODES + (GIVEN,)}, got {self.mode!r}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
         init = nn.initializers.normal(0.02)
@@ -140,12 +144,16 @@ class SASRec(nn.Module):
         """[I + 1, d]: the representation of every item (row 0: padding)."""
         return self.represent(jnp.arange(self.num_items + 1))
 
-    def __call__(self, items: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, items: jax.Array, *, train: bool = False,
+                 item_table: jax.Array | None = None) -> jax.Array:
         length = items.shape[-1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+        if (self.mode == GIVEN) != (item_table is not None):
+            raise ValueError(f"item_table= is needed by mode {GIVEN!r} and only by it (mode {self.mode!r})")
         valid = (items > 0)[..., None]
-        x = self.represent(items) * self.d_model ** 0.5
+        x = item_table[items] if item_table is not None else self.represent(items)
+        x = x * self.d_model ** 0.5
         x = (x + self.position_embedding[self.max_len - length:]) * valid
         x = self.input_dropout(x, deterministic=not train)
         mask = attention_mask(items)
@@ -155,27 +163,35 @@ class SASRec(nn.Module):
 
 
 def sasrec_loss(params, batch: dict[str, jax.Array], model: SASRec,
-                dropout_rng: jax.Array | None = None) -> jax.Array:
+                dropout_rng: jax.Array | None = None, item_table: jax.Array | None = None,
+                candidates: jax.Array | None = None) -> jax.Array:
     """Mean full-softmax cross-entropy of the next item over every position with a target.
 
     batch: "inputs" int [B, T] (left-padded) and "targets" int [B, T] (0 = no target there).
-    Dropout is on when `dropout_rng` is given.
+    Dropout is on when `dropout_rng` is given; `item_table` is for mode "given"; `candidates`
+    (bool [I + 1]) limits the softmax to the items known at training time (cold-start evaluation:
+    an item absent from training is not a negative either).
     """
     train = dropout_rng is not None
     rngs = {"dropout": dropout_rng} if train else None
-    hidden = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
-    table = model.apply({"params": params}, method=SASRec.item_table)
-    log_probs = jax.nn.log_softmax(item_logits(hidden, table), axis=-1)
+    hidden = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs, item_table=item_table)
+    table = item_table if item_table is not None else model.apply({"params": params}, method=SASRec.item_table)
+    logits = item_logits(hidden, table)
+    if candidates is not None:
+        logits = jnp.where(candidates, logits, -jnp.inf)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
     targets = batch["targets"]
     valid = targets > 0
     picked = jnp.take_along_axis(log_probs, jnp.where(valid, targets, 1)[..., None], axis=-1)[..., 0]
     return -jnp.sum(jnp.where(valid, picked, 0.0)) / jnp.maximum(valid.sum(), 1)
 
 
-def sasrec_scores(params, history: jax.Array, model: SASRec) -> jax.Array:
+def sasrec_scores(params, history: jax.Array, model: SASRec, item_table: jax.Array | None = None) -> jax.Array:
     """Scores [B, I + 1] of every item as the next one after a left-padded history [B, T]."""
-    hidden = model.apply({"params": params}, history)[:, -1]
-    return item_logits(hidden, model.apply({"params": params}, method=SASRec.item_table))
+    hidden = model.apply({"params": params}, history, item_table=item_table)[:, -1]
+    if item_table is None:
+        item_table = model.apply({"params": params}, method=SASRec.item_table)
+    return item_logits(hidden, item_table)
 
 
 def next_item_examples(sequences: Sequence[np.ndarray], max_len: int) -> dict[str, np.ndarray]:

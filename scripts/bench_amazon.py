@@ -1,0 +1,87 @@
+"""Benchmark: item-tokenizer training throughput (items/s) and recommender step time, per variant.
+
+  python scripts/bench_amazon.py [--data beauty] [--steps 20] [--json out.json]
+
+Times the train step the loop runs (objective + gradient + AdamW update, jitted, quantizer on)
+on random training batches of the configs in configs/amazon.py, after one warm-up step that
+compiles; prints a Markdown table. Text embeddings come from the config's cache (computed once).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def time_variant(variant: str, steps: int) -> dict:
+    import jax
+    import numpy as np
+    import optax
+
+    from u2qt import config as config_lib
+    from u2qt.train.loop import make_optimizer
+    from u2qt.train.task import make_task
+
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "amazon.py") + ":" + variant)
+    task = make_task(cfg, cfg.data.cache_dir, log=lambda *_: None)
+    rng = np.random.default_rng(0)
+    n = len(next(iter(task.train_examples.values())))
+    batches = [{k: jax.numpy.asarray(v[idx]) for k, v in task.train_examples.items() if k in task.model_keys}
+               for idx in (rng.integers(0, n, cfg.train.batch_size) for _ in range(steps + 1))]
+    constants = {k: jax.numpy.asarray(v) for k, v in task.constants.items()}
+    tx = make_optimizer(cfg)
+    params = task.init(jax.random.key(0), batches[0], constants)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch, key):
+        grad_fn = jax.value_and_grad(lambda p: task.objective(p, batch, constants, key, True), has_aux=True)
+        (loss, _), grads = grad_fn(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    t0 = time.perf_counter()
+    params, opt_state, loss = step(params, opt_state, batches[0], jax.random.key(1))
+    loss.block_until_ready()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(1, steps + 1):
+        params, opt_state, loss = step(params, opt_state, batches[i], jax.random.key(i))
+    loss.block_until_ready()
+    per_step = (time.perf_counter() - t0) / steps
+    return {"variant": variant, "task": cfg.task, "batch": cfg.train.batch_size, "items": task.data.num_items,
+            "step_ms": 1000 * per_step, "rows_per_s": cfg.train.batch_size / per_step, "first_step_s": compile_s}
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="beauty", choices=("beauty", "office"))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--variants", default="items,id,semantic,unified")
+    parser.add_argument("--json", help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    import jax
+    rows = [time_variant(f"{args.data},{v}", args.steps) for v in args.variants.split(",")]
+    device = f"{jax.devices()[0].platform} x{len(jax.devices())} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, {device}, "
+          f"{args.steps} timed steps")
+    print("| config | task | batch | items | step (ms) | rows/s (items/s for the tokenizer) | first step incl. compile (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| amazon.py:{r['variant']} | {r['task']} | {r['batch']} | {r['items']} | {r['step_ms']:.1f} | "
+              f"{r['rows_per_s']:.0f} | {r['first_step_s']:.1f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device, "jax": jax.__version__, "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
