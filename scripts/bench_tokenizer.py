@@ -43,10 +43,10 @@ def bench_one(config: str, batch_size: int, steps: int) -> dict:
     text = out.getvalue()
     compile_s = float(re.search(r"train step compiled in ([\d.]+)s", text).group(1))
     temp = re.search(r"temporaries ([\d.]+) MiB", text)
-    rates = sorted(r["users_per_s"] for r in rows if r["split"] == "train" and r["step"] > 25 and r["step"] != steps)
+    rates = sorted(r["rows_per_s"] for r in rows if r["split"] == "train" and r["step"] > 25 and r["step"] != steps)
     rate = rates[len(rates) // 2]
     return {"batch_size": batch_size, "devices": len(jax.devices()), "platform": jax.devices()[0].platform,
-            "compile_s": compile_s, "users_per_s": rate, "step_ms": 1000 * batch_size / rate,
+            "compile_s": compile_s, "rows_per_s": rate, "step_ms": 1000 * batch_size / rate,
             "temp_mib": float(temp.group(1)) if temp else None, "wall_s": wall}
 
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     print("| batch | devices | compile s | users/s | step ms | temp MiB |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['batch_size']} | {r['devices']} {r['platform']} | {r['compile_s']:.1f} | {r['users_per_s']:.0f} | "
+        print(f"| {r['batch_size']} | {r['devices']} {r['platform']} | {r['compile_s']:.1f} | {r['rows_per_s']:.0f} | "
               f"{r['step_ms']:.0f} | {r['temp_mib'] if r['temp_mib'] is not None else '-'} |")
     if args.out:
         with open(args.out, "w") as f:

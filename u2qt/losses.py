@@ -22,7 +22,8 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def _normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
+    # rsqrt(|x|² + eps²) keeps the gradient finite at x = 0 (|x| itself has a NaN gradient there).
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps * eps)
 
 
 # ----------------------------------------------------------------------------- item softmax

@@ -211,7 +211,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
                                        iters=cfg.quantizer.kmeans_iters, implementation=_impl(cfg))
             params[name] = jax.device_put(books.astype(params[name].dtype), replicated)
         log(f"k-means init of {len(sizes)} codebook stacks at step {int(state['step'])} "
-            f"on {z.shape[0]} users: {time.time() - t0:.1f}s")
+            f"on {usable} rows: {time.time() - t0:.1f}s")
         return dict(state, params=params)
 
     # ------------------------------------------------------------------ train step
@@ -289,7 +289,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     pending = None
     halted = False
     for step in range(start, steps):
-        if cfg.quantizer.kmeans_init and step == kmeans_step:
+        if cfg.quantizer.kmeans_init and sizes and step == kmeans_step:
             state = kmeans_init(state)
         local = next(train_iter)
         check_batch(local, step)
@@ -303,11 +303,11 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
             if bad:
                 raise FloatingPointError(f"step {done}: non-finite {bad}; no checkpoint written for this step")
             now = time.time()
-            m["users_per_s"] = (done - step_last) * cfg.train.batch_size / max(now - t_last, 1e-9)
+            m["rows_per_s"] = (done - step_last) * cfg.train.batch_size / max(now - t_last, 1e-9)
             t_last, step_last = now, done
             writer.write(done, "train", m)
             if progress is not None:
-                progress.set_postfix(loss=f"{m['loss']:.3f}", users_s=f"{m['users_per_s']:.0f}")
+                progress.set_postfix(loss=f"{m['loss']:.3f}", rows_s=f"{m['rows_per_s']:.0f}")
         if progress is not None:
             progress.update(1)
         if done % cfg.train.eval_every == 0 or done == steps:

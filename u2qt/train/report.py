@@ -100,7 +100,7 @@ def plot_run(path: str, metrics_jsonl: str, codes_by_view: dict[str, np.ndarray]
     ncols = 4
     nrows = 1 + math.ceil(len(levels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
-    for ax, keys in zip(axes[0], (["loss"], ["l_sem", "l_cf", "l_align"], [k for k in (train[0] if train else {}) if k.startswith("qerr_")], ["users_per_s"])):
+    for ax, keys in zip(axes[0], (["loss"], ["l_sem", "l_cf", "l_align"], [k for k in (train[0] if train else {}) if k.startswith("qerr_")], ["rows_per_s"])):
         for k in keys:
             xs = [r["step"] for r in train if k in r]
             ax.plot(xs, [r[k] for r in train if k in r], label=k)
