@@ -74,8 +74,10 @@ def train_head(x: np.ndarray, y: np.ndarray, fold: np.ndarray, loss_kind: str, s
     """Trains the head on fold ≥ 3, picks the epoch with the best validation score (fold 2), and
     returns (validation score, test predictions for fold ≤ 1)."""
     train, valid, test = fold >= 3, fold == 2, fold <= 1
-    mean, std = x[train].mean(0), x[train].std(0) + 1e-6
-    x = ((x - mean) / std).astype(np.float32)
+    # Centre each feature, scale the whole input by one number: per-feature scaling would blow up
+    # rare one-hot codes and rare items (tiny std) into noise, unfairly to sparse inputs.
+    mean = x[train].mean(0)
+    x = ((x - mean) / (np.sqrt(np.mean((x[train] - mean) ** 2)) + 1e-6)).astype(np.float32)
     out_dim = int(y.max()) + 1 if loss_kind == "softmax" else (y.shape[1] if y.ndim == 2 else 1)
     head = Head(out_dim)
     key = jax.random.key(seed)
