@@ -178,10 +178,7 @@ class ItemTokenizerTask:
 
     def _quantize(self, params, items, constants):
         z = self.encoder.apply({"params": params["encoder"]}, constants["item_text"][items])
-        q = self.cfg.quantizer
-        return z, rq.residual_quantize(z, params["codebooks_item"], beta=q.commitment,
-                                       implementation=None if q.implementation == "auto" else q.implementation,
-                                       rotation_trick=q.rotation_trick)
+        return z, rq.quantize(z, params["codebooks_item"], self.cfg.quantizer)
 
     def objective(self, params, batch, constants, key, quantize_on):
         c = self.cfg.loss

@@ -88,6 +88,19 @@ def residual_quantize(
     return QuantizeOutput(z_q=z_q, codes=codes, residuals=sg(residuals), loss=loss, recon_error=recon)
 
 
+def implementation(qcfg) -> str | None:
+    """The kernel a config's ``quantizer.implementation`` names (None = pick per backend)."""
+    return None if qcfg.implementation == "auto" else qcfg.implementation
+
+
+def quantize(z: jax.Array, codebooks: jax.Array, qcfg, mask: jax.Array | None = None) -> QuantizeOutput:
+    """``residual_quantize`` with the settings of a config's ``quantizer`` section (every model
+    that quantizes goes through here, so the config switches mean the same everywhere)."""
+    return residual_quantize(z, codebooks, beta=qcfg.commitment, mask=mask,
+                             implementation=implementation(qcfg),
+                             rotation_trick=qcfg.rotation_trick)
+
+
 def decode_codes(codes: jax.Array, codebooks: jax.Array) -> jax.Array:
     """ẑ = Σ_l C_l[codes_l]; codes [B, L] → [B, D]. The serving path from tokens to vectors."""
     return sum(jnp.take(codebooks[l], codes[:, l], axis=0) for l in range(codebooks.shape[0]))

@@ -120,10 +120,7 @@ class RecommenderTask:
 
     def _quantize(self, params, items, constants):
         z = self.encoder.apply({"params": params["encoder"]}, constants["item_text"][items])
-        q = self.cfg.quantizer
-        return z, rq.residual_quantize(z, params["codebooks_item"], beta=q.commitment,
-                                       implementation=None if q.implementation == "auto" else q.implementation,
-                                       rotation_trick=q.rotation_trick)
+        return z, rq.quantize(z, params["codebooks_item"], self.cfg.quantizer)
 
     def item_table(self, params, constants, quantize_on):
         """(table [I + 1, d] with row 0 = 0, quantizer output over items 1..I, reconstruction loss)."""

@@ -94,11 +94,9 @@ class U2QT(nn.Module):
         the k-means initialisation) z_q passes the continuous vector through and the
         quantization losses are zero; codes are still computed."""
         qc = self.cfg.quantizer
-        impl = None if qc.implementation == "auto" else qc.implementation
-        kw = dict(beta=qc.commitment, mask=mask, implementation=impl, rotation_trick=qc.rotation_trick)
-        out = {"shared": rq.residual_quantize(h, self.codebooks["shared"], **kw)}
+        out = {"shared": rq.quantize(h, self.codebooks["shared"], qc, mask)}
         for s, v in views.items():
-            out[s] = rq.residual_quantize(v, self.codebooks[s], **kw)
+            out[s] = rq.quantize(v, self.codebooks[s], qc, mask)
         on = jnp.asarray(quantize_on)
         vectors = {"shared": h, **views}
         return {k: q._replace(z_q=jnp.where(on, q.z_q, vectors[k]), loss=jnp.where(on, q.loss, 0.0))

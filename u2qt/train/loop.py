@@ -208,7 +208,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
                     f"k-means init: {z.shape[0]} users cannot initialise {k} codes of view {view!r}; "
                     f"lower quantizer.{'shared' if view == 'shared' else 'source'}_codes")
             books = rq.residual_kmeans(z, params[name].shape[0], k, jax.random.fold_in(key, i),
-                                       iters=cfg.quantizer.kmeans_iters, implementation=_impl(cfg))
+                                       iters=cfg.quantizer.kmeans_iters, implementation=rq.implementation(cfg.quantizer))
             params[name] = jax.device_put(books.astype(params[name].dtype), replicated)
         log(f"k-means init of {len(sizes)} codebook stacks at step {int(state['step'])} "
             f"on {usable} rows: {time.time() - t0:.1f}s")
@@ -358,11 +358,6 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     writer.close()
     log(_summary_text(summary, workdir))
     return summary
-
-
-def _impl(cfg):
-    impl = cfg.quantizer.implementation
-    return None if impl == "auto" else impl
 
 
 def _split_views(codes: np.ndarray, levels: dict[str, int]) -> dict[str, np.ndarray]:
