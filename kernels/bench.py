@@ -106,6 +106,14 @@ def peak_matmul_tflops(dtype, reps) -> float:
   return 2 * m**3 / t / 1e12
 
 
+def _results(timed, names, fns, x, c):
+  """{impl: (resolved name, seconds or None, temp bytes or error text)} and the reference's time."""
+  results = {impl: (names[impl], None, f"{type(t).__name__}: {str(t)[:80]}")
+             if isinstance(t, Exception) else (names[impl], t, _temp_bytes(fns[impl], x, c))
+             for impl, t in timed.items()}
+  return results, results.get("reference", (None, None))[1]
+
+
 def bench_assign(shapes, dtypes, implementations, reps, metric):
   rows = []
   for dtype in dtypes:
@@ -118,10 +126,7 @@ def bench_assign(shapes, dtypes, implementations, reps, metric):
              for impl, name in names.items()}
       timed = _time_all({"matmul": jax.jit(_matmul), **fns}, (x, c), reps)
       t_matmul = timed.pop("matmul")
-      results = {impl: (names[impl], None, f"{type(t).__name__}: {str(t)[:80]}")
-                 if isinstance(t, Exception) else (names[impl], t, _temp_bytes(fns[impl], x, c))
-                 for impl, t in timed.items()}
-      t_ref = results.get("reference", (None, None))[1]
+      results, t_ref = _results(timed, names, fns, x, c)
       for impl, (name, t, mem) in results.items():
         rows.append(dict(
             table="assign", n=n, k=k, d=d, dtype=dtype, metric=metric, implementation=impl,
@@ -157,10 +162,7 @@ def bench_residual(shapes, dtypes, implementations, reps):
       fns = {impl: jax.jit(functools.partial(api.assign_residual, implementation=name))
              for impl, name in names.items()}
       timed = _time_all(fns, (x, c), reps)
-      results = {impl: (names[impl], None, f"{type(t).__name__}: {str(t)[:80]}")
-                 if isinstance(t, Exception) else (names[impl], t, _temp_bytes(fns[impl], x, c))
-                 for impl, t in timed.items()}
-      t_ref = results.get("reference", (None, None))[1]
+      results, t_ref = _results(timed, names, fns, x, c)
       for impl, (name, t, mem) in results.items():
         rows.append(dict(
             table="residual", n=n, levels=levels, k=k, d=d, dtype=dtype, implementation=impl,
