@@ -21,13 +21,15 @@ def get_config(arg=None):
     c.data.max_events = 32
     c.data.holdout = 10
     c.data.min_input = 10
-    # 4 shared levels: half the users have no ratings and differ only in their attributes (zip
-    # above all), so the shared tokens need the resolution to tell them apart.
-    c.quantizer.shared_levels = 4
+    # 5 shared levels: half the users have no ratings and differ only in their attributes (zip
+    # above all, an offset the size of the nearest-neighbour distance), so the shared tokens need
+    # the resolution to tell them apart. Each level cut the collision rate ~2.5x in the 4-level run
+    # (100% → 56% → 24% → 8.1%); 11 bytes per user is still 58x less than the float vectors.
+    c.quantizer.shared_levels = 5
     c.quantizer.shared_codes = 256
     c.quantizer.source_codes = 256
     c.train.batch_size = 128
-    c.train.steps = 600
+    c.train.steps = 800
     c.quantizer.kmeans_at_step = 150
     c.quantizer.kmeans_users = 8192  # all of MovieLens-1M's 6,040 users
     c.train.eval_every = 200

@@ -102,3 +102,9 @@ def test_attribute_task_refuses_a_tokenizer_that_saw_the_attribute(tmp_path, mon
         __import__("ml_collections").ConfigDict(cfg), None, None, None, None))
     with pytest.raises(ValueError, match="saw 'gender'"):
         downstream.evaluate_attribute(str(workdir), "gender", epochs=1)
+
+
+def test_cli_needs_at_least_one_run(capsys):
+    with pytest.raises(SystemExit) as e:
+        downstream.main([])
+    assert e.value.code == 2 and "--workdir" in capsys.readouterr().err

@@ -271,12 +271,16 @@ def evaluate_attribute(workdir: str, attribute: str = "gender", epochs: int = 40
     return {attribute: attribute_task(inputs, data, user_split(data.spec.user_ids), attribute, epochs)}
 
 
-def evaluate_run(workdir: str, attribute_workdir: str | None = None, attribute: str = "gender",
+def evaluate_run(workdir: str | None, attribute_workdir: str | None = None, attribute: str = "gender",
                  epochs: int = 40) -> dict:
-    out = evaluate_behaviour(workdir, epochs)
+    """The behaviour tasks of `workdir` and the attribute task of `attribute_workdir` (either may
+    be None; the bytes per user come from whichever run is given first)."""
+    if workdir is None and attribute_workdir is None:
+        raise ValueError("give a tokenizer run for the behaviour tasks, the attribute task, or both")
+    out = evaluate_behaviour(workdir, epochs) if workdir else {}
     if attribute_workdir:
         out.update(evaluate_attribute(attribute_workdir, attribute, epochs))
-    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    summary = json.load(open(os.path.join(workdir or attribute_workdir, "summary.json")))
     out["bytes_per_user"] = {"tokens": summary["bytes_per_user_tokens"], "continuous": summary["bytes_per_user_float32"]}
     return out
 
@@ -297,14 +301,22 @@ def format_table(results: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a finished tokenizer run")
+    parser.add_argument("--workdir", default=None, help="a finished tokenizer run: next item and genres")
     parser.add_argument("--attribute-workdir", default=None, help="a run trained without --attribute")
     parser.add_argument("--attribute", default="gender")
     parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args(argv)
+    if not (args.workdir or args.attribute_workdir):
+        parser.error("give --workdir, --attribute-workdir or both")
     results = evaluate_run(args.workdir, args.attribute_workdir, args.attribute, args.epochs)
-    with open(os.path.join(args.workdir, "downstream.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    for run in {args.workdir, args.attribute_workdir} - {None}:
+        path = os.path.join(run, "downstream.json")
+        merged = json.load(open(path)) if os.path.exists(path) else {}
+        merged.update(results)  # a later call with one task keeps the other's results
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(merged, f, indent=2)
+        os.replace(tmp, path)
     print(format_table(results))
     return 0
 
