@@ -42,6 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.quantizer.source_codes = 64
     c.quantizer.commitment = 0.25  # β of the VQ commitment loss
     c.quantizer.rotation_trick = False  # straight-through (False) or rotation-trick gradients
+    c.quantizer.entropy_weight = 0.0  # weight of the code-usage entropy guard L_H (0 = off)
+    c.quantizer.entropy_temperature = 0.1  # τ of L_H's soft assignment (relative to the mean distance)
     c.quantizer.implementation = "auto"  # nearest-code kernel: auto | reference | chunked | pallas_gpu | pallas_tpu
     c.quantizer.kmeans_init = True  # initialise every codebook stack by residual k-means on data
     c.quantizer.kmeans_at_step = 150  # ... at this step: the encoders warm up unquantized before it

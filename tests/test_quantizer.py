@@ -356,3 +356,46 @@ def test_usage_stats():
     stats = rq.usage_stats(jnp.asarray(counts))
     np.testing.assert_allclose(np.asarray(stats["usage"]), [0.5, 1.0, 0.25, 0.0])
     np.testing.assert_allclose(np.asarray(stats["perplexity"]), [2.0, 4.0, 1.0, 1.0], rtol=1e-6)
+
+
+def _usage_entropy_numpy(residuals, books, tau):
+    dist = ((residuals[:, :, None, :] - books[None]) ** 2).sum(-1)
+    logits = -dist / (tau * dist.mean(-1, keepdims=True))
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    h = lambda q: -(q * np.log(q)).sum(-1)
+    return float(np.mean(h(p).mean(0) - h(p.mean(0))))
+
+
+def test_usage_entropy_matches_numpy_and_prefers_spread_codes():
+    z, books = _inputs(3, b=9, levels=2, k=4, d=5)
+    residuals = np.stack([z, z - books[0][0]], 1)
+    got = float(rq.usage_entropy(jnp.asarray(residuals), jnp.asarray(books), 0.3))
+    assert got == pytest.approx(_usage_entropy_numpy(residuals.astype(np.float64), books.astype(np.float64), 0.3), rel=1e-4)
+    # every row at the same code vs rows spread evenly over the codes (one level, 4 codes)
+    book = np.eye(4, dtype=np.float32)[None] * 3.0
+    collapsed = np.repeat(book[:, :1], 8, 1).transpose(1, 0, 2)
+    spread = np.tile(book[0], (2, 1))[:, None]
+    assert float(rq.usage_entropy(jnp.asarray(spread), jnp.asarray(book), 0.1)) < \
+        float(rq.usage_entropy(jnp.asarray(collapsed), jnp.asarray(book), 0.1)) - 1.0
+    # masked rows do not count
+    masked = np.concatenate([spread, collapsed], 0)
+    mask = np.r_[np.ones(len(spread)), np.zeros(len(collapsed))].astype(bool)
+    assert float(rq.usage_entropy(jnp.asarray(masked), jnp.asarray(book), 0.1, jnp.asarray(mask))) == pytest.approx(
+        float(rq.usage_entropy(jnp.asarray(spread), jnp.asarray(book), 0.1)), abs=1e-5)
+
+
+def test_entropy_weight_adds_the_guard_to_the_loss_with_finite_gradients():
+    z, books = _inputs(4, b=16, levels=3, k=8, d=4)
+    base = rq.residual_quantize(jnp.asarray(z), jnp.asarray(books), beta=0.25)
+    guarded = rq.residual_quantize(jnp.asarray(z), jnp.asarray(books), beta=0.25, entropy_weight=0.5,
+                                   entropy_temperature=0.2)
+    np.testing.assert_array_equal(base.codes, guarded.codes)  # the assignment is unchanged
+    extra = 0.5 * float(rq.usage_entropy(base.residuals, jnp.asarray(books), 0.2))
+    assert float(guarded.loss) == pytest.approx(float(base.loss) + extra, rel=1e-5)
+    grads = jax.grad(lambda zz, bb: rq.residual_quantize(zz, bb, beta=0.25, entropy_weight=0.5).loss, (0, 1))(
+        jnp.asarray(z), jnp.asarray(books))
+    assert all(bool(jnp.isfinite(g).all()) for g in grads)
+    # with weight 0 the codebooks' gradient is the plain VQ one; with the guard it differs
+    plain = jax.grad(lambda bb: rq.residual_quantize(jnp.asarray(z), bb, beta=0.25).loss)(jnp.asarray(books))
+    assert not np.allclose(plain, grads[1])

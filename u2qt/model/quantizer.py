@@ -9,6 +9,10 @@ Equations (per level l, residual input r_l, chosen code e_l = C_l[argmin ||r_l -
     codebook loss   = Σ_l ||sg(r_l) - e_l||²
     commitment loss = β · Σ_l ||r_l - sg(e_l)||²
     z_q = z + sg(ẑ - z)                    (straight-through), or the rotation trick.
+Optional guard against codebook collapse (``usage_entropy``, weight ``entropy_weight``): with the
+soft assignment p_b,l = softmax_k(-||r_l,b - C_l,k||² / (τ · sg(mean_k ||r_l,b - C_l,k||²))),
+    L_H = Σ_l [ mean_b H(p_b,l) − H(mean_b p_b,l) ] / L
+is low when each row is confidently assigned and the batch spreads over all codes.
 Nearest-code assignment goes through ``kernels.codebook_assign`` on stop-gradient inputs; the
 gradient estimators and losses stay here in plain JAX.
 """
@@ -65,6 +69,8 @@ def residual_quantize(
     mask: jax.Array | None = None,
     implementation: str | None = None,
     rotation_trick: bool = False,
+    entropy_weight: float = 0.0,
+    entropy_temperature: float = 0.1,
 ) -> QuantizeOutput:
     """Quantizes z [B, D] with the stack codebooks [L, K, D]; see the module docstring."""
     num_levels = codebooks.shape[0]
@@ -84,8 +90,28 @@ def residual_quantize(
     else:
         z_q = z + sg(z_hat - z)
     loss = _masked_mean(codebook_loss + beta * commitment, mask) / num_levels
+    if entropy_weight:
+        loss = loss + entropy_weight * usage_entropy(residuals, codebooks, entropy_temperature, mask)
     recon = _masked_mean(jnp.sum((sg(z) - sg(z_hat)) ** 2, -1), mask)
     return QuantizeOutput(z_q=z_q, codes=codes, residuals=sg(residuals), loss=loss, recon_error=recon)
+
+
+def _entropy(p: jax.Array) -> jax.Array:
+    return -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-12)), axis=-1)
+
+
+def usage_entropy(residuals: jax.Array, codebooks: jax.Array, temperature: float,
+                  mask: jax.Array | None = None) -> jax.Array:
+    """L_H of the module docstring: residuals [B, L, D] (each level's input, with gradient),
+    codebooks [L, K, D]. Distances are scaled by their row mean, so τ is free of the data's scale."""
+    dist = jnp.sum((residuals[:, :, None, :] - codebooks[None]) ** 2, -1)  # [B, L, K]
+    logits = -dist / (temperature * sg(jnp.mean(dist, -1, keepdims=True)) + 1e-12)
+    p = jax.nn.softmax(logits, -1)
+    w = jnp.ones(p.shape[:1], p.dtype) if mask is None else mask.astype(p.dtype)
+    w = w / jnp.maximum(jnp.sum(w), 1.0)
+    per_row = jnp.sum(w[:, None] * _entropy(p), 0)  # [L]
+    batch_usage = jnp.einsum("b,blk->lk", w, p)  # [L, K]
+    return jnp.mean(per_row - _entropy(batch_usage))
 
 
 def implementation(qcfg) -> str | None:
@@ -98,7 +124,9 @@ def quantize(z: jax.Array, codebooks: jax.Array, qcfg, mask: jax.Array | None = 
     that quantizes goes through here, so the config switches mean the same everywhere)."""
     return residual_quantize(z, codebooks, beta=qcfg.commitment, mask=mask,
                              implementation=implementation(qcfg),
-                             rotation_trick=qcfg.rotation_trick)
+                             rotation_trick=qcfg.rotation_trick,
+                             entropy_weight=qcfg.entropy_weight,
+                             entropy_temperature=qcfg.entropy_temperature)
 
 
 def decode_codes(codes: jax.Array, codebooks: jax.Array) -> jax.Array:
