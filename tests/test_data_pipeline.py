@@ -75,6 +75,38 @@ def test_tfds_interrupted_build_leaves_nothing(tmp_path, examples, monkeypatch):
     np.testing.assert_array_equal(source[299]["items"], examples["items"][299])
 
 
+def test_tfds_concurrent_builds_of_one_fingerprint_take_turns(tmp_path, examples, monkeypatch):
+    """Two runs started together on one cache used to race: both built, the second rename failed."""
+    import threading
+    import time
+    real = tfds_builder.UserExamples._generate_examples
+    builds = []
+
+    def slow(self):  # a wide window in which the other thread would start its own build
+        builds.append(threading.get_ident())
+        time.sleep(0.5)
+        yield from real(self)
+
+    monkeypatch.setattr(tfds_builder.UserExamples, "_generate_examples", slow)
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(build_data_source(examples, str(tmp_path), "shared_fp"))
+        except Exception as e:  # noqa: BLE001 — reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(builds) == 1  # the second caller found the first one's data set
+    assert [len(r) for r in results] == [300, 300]
+    np.testing.assert_array_equal(results[1][7]["items"], examples["items"][7])
+
+
 def test_grain_reads_the_tfds_source(tmp_path, examples):
     source = build_data_source(examples, str(tmp_path), "fp2")
     a = take(make_train_iterator(source, global_batch_size=32, seed=7), 3)

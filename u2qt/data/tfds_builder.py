@@ -5,11 +5,15 @@
 (`len` = number of users; element i = dict of numpy arrays of user i) for `grain.MapDataset.source`.
 A second call with the same fingerprint reuses the files. TFDS writes into a temporary
 `*.incomplete*` directory and renames it only when everything is written, so an interrupted build
-leaves no half-written data set behind; the next call builds it again.
+leaves no half-written data set behind; the next call builds it again. Concurrent calls for the
+same fingerprint (two runs started together on one cache directory) take turns on a lock file:
+the first builds, the others then find the data set prepared and read it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -94,20 +98,34 @@ def _config_name(fingerprint: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def build_lock(data_dir: str, fingerprint: str):
+    """An exclusive lock (flock on `data_dir/user_examples-<fingerprint>.lock`) held while a data set
+    is checked and built, so concurrent builders of the same fingerprint do not race on the rename."""
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, f"user_examples-{_config_name(fingerprint)}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def build_data_source(examples: dict[str, np.ndarray], data_dir: str, fingerprint: str):
     """Writes `examples` as array_record (once per fingerprint) and returns the random-access source."""
     sizes = {k: len(v) for k, v in examples.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"examples must share their leading dimension, got {sizes}")
-    builder = UserExamples(
-        examples=examples,
-        data_dir=os.fspath(data_dir),
-        config=tfds.core.BuilderConfig(name=_config_name(fingerprint)),
-        file_format="array_record",
-    )
-    if not builder.is_prepared():
-        tfds.disable_progress_bar()  # a run's own progress bar is the one worth reading
-        builder.download_and_prepare(file_format="array_record")
+    with build_lock(data_dir, fingerprint):  # the builder reads the data set's info: build it under the lock too
+        builder = UserExamples(
+            examples=examples,
+            data_dir=os.fspath(data_dir),
+            config=tfds.core.BuilderConfig(name=_config_name(fingerprint)),
+            file_format="array_record",
+        )
+        if not builder.is_prepared():
+            tfds.disable_progress_bar()  # a run's own progress bar is the one worth reading
+            builder.download_and_prepare(file_format="array_record")
     source = builder.as_data_source(split="train")
     if len(source) != next(iter(sizes.values())):
         raise ValueError(
