@@ -160,7 +160,7 @@ def load_run(workdir: str):
 def token_features(tokens: pd.DataFrame, codebooks) -> np.ndarray:
     """Each view's codes turned back into its vector, ẑ = Σ_l C_l[code_l] (`decode_codes`, the
     serving path), views concatenated: what a model that reads the tokens gets from the
-    tokenizer's (small, shared) codebooks. Per user this is the 10 bytes of codes, nothing else."""
+    tokenizer's (small, shared) codebooks. Per user this is the codes, nothing else."""
     views = {}
     for col in tokens.columns:
         if col != "user_id":
@@ -192,9 +192,10 @@ def future_ranks(logits: np.ndarray, future: np.ndarray, history: np.ndarray, ch
     """One case per held-out event (future [B, H], 0 = none): its rank among all items except
     the user's input history."""
     rows, cols = np.nonzero(future > 0)
-    out = [np.asarray(target_ranks(jnp.asarray(logits[rows[i:i + chunk]]), jnp.asarray(future[rows[i:i + chunk], cols[i:i + chunk]]),
-                                   jnp.asarray(history[rows[i:i + chunk]])))
-           for i in range(0, len(rows), chunk)]
+    out = []
+    for i in range(0, len(rows), chunk):
+        r, c = rows[i:i + chunk], cols[i:i + chunk]
+        out.append(np.asarray(target_ranks(jnp.asarray(logits[r]), jnp.asarray(future[r, c]), jnp.asarray(history[r]))))
     return np.concatenate(out) if out else np.zeros((0,), np.int32)
 
 
