@@ -103,6 +103,8 @@ def get_config(arg=None):
         c.train.eval_every = 250
         c.train.checkpoint_every = 500
         c.train.select_metric = "valid_NDCG@10"
+        c.train.target_capacity = -1  # score the positions with a target only, room sized from the data (0: all)
+        c.loss.recon_items = 2048  # text reconstruction estimated on this many items per step (0: all)
 
     if "runlocal" in variants:
         c.data.max_description_chars = 100  # short texts: the sentence encoder runs in seconds

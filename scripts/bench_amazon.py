@@ -1,6 +1,6 @@
 """Benchmark: item-tokenizer training throughput (items/s) and recommender step time, per variant.
 
-  python scripts/bench_amazon.py [--data beauty] [--steps 20] [--json out.json]
+  python scripts/bench_amazon.py [--data beauty] [--steps 20] [--json out.json] [--set key=value ...]
 
 Times the train step the loop runs (objective + gradient + AdamW update, jitted, quantizer on)
 on random training batches of the configs in configs/amazon.py, after one warm-up step that
@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
-def time_variant(variant: str, steps: int) -> dict:
+def time_variant(variant: str, steps: int, overrides=()) -> dict:
     import jax
     import numpy as np
     import optax
@@ -30,6 +30,8 @@ def time_variant(variant: str, steps: int) -> dict:
     from u2qt.train.task import make_task
 
     cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "amazon.py") + ":" + variant)
+    for item in overrides:  # e.g. train.target_capacity=0 (score all B · T positions)
+        config_lib.apply_override(cfg, *item.split("=", 1))
     task = make_task(cfg, cfg.data.cache_dir, log=lambda *_: None)
     rng = np.random.default_rng(0)
     n = len(next(iter(task.train_examples.values())))
@@ -66,12 +68,14 @@ def main(argv):
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--variants", default="items,id,semantic,unified")
     parser.add_argument("--json", help="also write the rows as JSON here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every variant, e.g. train.target_capacity=0")
     args = parser.parse_args(argv)
     import jax
-    rows = [time_variant(f"{args.data},{v}", args.steps) for v in args.variants.split(",")]
+    rows = [time_variant(f"{args.data},{v}", args.steps, args.set) for v in args.variants.split(",")]
     device = f"{jax.devices()[0].platform} x{len(jax.devices())} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, {device}, "
-          f"{args.steps} timed steps")
+          f"{args.steps} timed steps" + "".join(f", {s}" for s in args.set))
     print("| config | task | batch | items | step (ms) | rows/s (items/s for the tokenizer) | first step incl. compile (s) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -9,8 +9,8 @@ import optax
 import pytest
 
 from u2qt.eval.ranking import evaluate, leave_one_out, make_eval_cases
-from u2qt.model.sasrec import (MODES, SASRec, item_logits, next_item_examples, represent_items,
-                               sasrec_loss, sasrec_scores)
+from u2qt.model.sasrec import (MODES, SASRec, dropped_targets, item_logits, next_item_examples,
+                               represent_items, sasrec_loss, sasrec_scores, target_capacity)
 
 NUM_ITEMS, MAX_LEN, D = 30, 8, 16
 CODES = np.random.default_rng(0).integers(0, 5, size=(NUM_ITEMS + 1, 3))
@@ -125,6 +125,29 @@ def test_loss_is_full_softmax_cross_entropy(model_and_params):
     noisy = jax.jit(sasrec_loss, static_argnums=2, compiler_options=FAST_COMPILE)(
         params, batch, model, jax.random.key(3))
     assert np.isfinite(noisy) and noisy != loss
+
+
+def test_capacity_scores_only_positions_with_a_target(model_and_params):
+    model, params = model_and_params
+    batch = next_item_examples([np.array([3, 4, 5, 6, 9]), np.array([1, 30])], MAX_LEN)  # 4 + 1 targets
+    full = sasrec_loss(params, batch, model)
+    for capacity in (5, 7):  # room for every target: the same loss, nothing dropped
+        np.testing.assert_allclose(sasrec_loss(params, batch, model, capacity=capacity), full, rtol=1e-6)
+        assert int(dropped_targets(jnp.asarray(batch["targets"]), capacity)) == 0
+    # Room for 3: the first 3 targets in row order (row 0's first three) are scored, 2 dropped.
+    kept = {k: v.copy() for k, v in batch.items()}
+    kept["targets"][0, -1] = 0
+    kept["targets"][1] = 0
+    np.testing.assert_allclose(sasrec_loss(params, batch, model, capacity=3), sasrec_loss(params, kept, model),
+                               rtol=1e-6)
+    assert int(dropped_targets(jnp.asarray(batch["targets"]), 3)) == 2
+    assert int(dropped_targets(jnp.asarray(batch["targets"]), None)) == 0
+    # Sizing: mean + 6 sd of a batch's count, rounded up, never above B · T.
+    targets = np.zeros((100, 20), np.int32)
+    targets[:50, -4:] = 1  # half the rows have 4 targets: mean 2, sd 2 per row
+    assert target_capacity(targets, 16, multiple=8) == 8 * int(np.ceil((16 * 2 + 6 * 4 * 2) / 8))  # 80
+    assert target_capacity(targets, 2, multiple=8) == 24  # 4 + 6·√2·2 = 21 → 24, under B · T = 40
+    assert target_capacity(targets, 1, multiple=64) == 20
 
 
 def test_a_few_steps_reduce_the_loss_and_evaluate_runs(model_and_params):

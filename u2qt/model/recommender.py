@@ -12,7 +12,8 @@ Where the codes come from (``model.codes_path``):
   - "" (Lin et al., end to end): code_l(i) = RQ(MLP_enc(x̃_i)) with x̃_i the item's standardized
     sentence embedding, C_l the codebooks of the stack "item" (k-means init and dead-code resets by
     the loop), so Σ_l C_l[code_l(i)] = ẑ_i; trained with
-        L = L_rec + L_quant + recon_weight · ||MLP_dec(z_q,i) - x̃_i||² / D_x   over all items.
+        L = L_rec + L_quant + recon_weight · ||MLP_dec(z_q,i) - x̃_i||² / D_x   mean over all items,
+    the last term estimated each step on ``loss.recon_items`` items drawn uniformly (0: all of them).
   - a finished item-tokenizer run's ``item_codes.parquet``: fixed codes (+ the de-dup token when
     ``model.use_dedup_token``), each position with its own learned embedding table.
 
@@ -33,7 +34,8 @@ from u2qt.data.lcrec import read_lcrec
 from u2qt.eval import ranking
 from u2qt.model import quantizer as rq
 from u2qt.model.item_tokenizer import MLP, item_text_embeddings, read_item_codes, write_item_table
-from u2qt.model.sasrec import GIVEN, SASRec, next_item_examples, sasrec_loss, sasrec_scores
+from u2qt.model.sasrec import (GIVEN, SASRec, dropped_targets, next_item_examples, sasrec_loss, sasrec_scores,
+                               target_capacity)
 
 ITEM_REPRS = ("id", "semantic", "unified")
 
@@ -71,6 +73,10 @@ class RecommenderTask:
         cold = remove_cold_items(ranking.leave_one_out(data.sequences), data.num_items, d.cold_fraction, d.cold_seed)
         self.split, self.cold = cold.split, cold.cold
         self.train_examples = next_item_examples(self.split.train, d.max_history)
+        cap = cfg.train.target_capacity  # -1: sized from the data (see sasrec.target_capacity); 0: all B · T
+        if cap < 0:
+            cap = target_capacity(self.train_examples["targets"], cfg.train.batch_size)
+        self.capacity = cap or None
         self.valid_cases = ranking.make_eval_cases(self.split, "valid", d.max_history)
         self.test_cases = ranking.make_eval_cases(self.split, "test", d.max_history)
         self.learned_codes = m.item_repr != "id" and not m.codes_path
@@ -122,27 +128,35 @@ class RecommenderTask:
         z = self.encoder.apply({"params": params["encoder"]}, constants["item_text"][items])
         return z, rq.quantize(z, params["codebooks_item"], self.cfg.quantizer)
 
-    def item_table(self, params, constants, quantize_on):
-        """(table [I + 1, d] with row 0 = 0, quantizer output over items 1..I, reconstruction loss)."""
+    def item_table(self, params, constants, quantize_on, key=None):
+        """(table [I + 1, d] with row 0 = 0, quantizer output over items 1..I, reconstruction loss:
+        over all items, or over ``loss.recon_items`` drawn uniformly with `key`)."""
         items = jnp.arange(1, self.data.num_items + 1)
         z, q = self._quantize(params, items, constants)
         zq = jnp.where(quantize_on, q.z_q, z)  # before the k-means init: the unquantized projection
         table = zq + params["id_embedding"][1:] if "id_embedding" in params else zq
-        x = constants["item_text"][1:]
-        recon = jnp.mean((self.decoder.apply({"params": params["decoder"]}, zq) - x) ** 2)
+        x, zq_recon = constants["item_text"][1:], zq
+        sample = self.cfg.loss.recon_items
+        if key is not None and 0 < sample < self.data.num_items:
+            pick = jax.random.randint(key, (sample,), 0, self.data.num_items)
+            x, zq_recon = x[pick], zq[pick]
+        recon = jnp.mean((self.decoder.apply({"params": params["decoder"]}, zq_recon) - x) ** 2)
         return jnp.concatenate([jnp.zeros_like(table[:1]), table]), q, recon
 
     def objective(self, params, batch, constants, key, quantize_on):
+        dropped = dropped_targets(batch["targets"], self.capacity)
         if not self.learned_codes:
             rec = sasrec_loss(params["sasrec"], batch, self.sasrec, dropout_rng=key,
-                              candidates=constants.get("known_items"))
-            return rec, ({"loss": rec, "rec": rec}, {"codes": {}, "residuals": {}})
-        table, q, recon = self.item_table(params, constants, quantize_on)
+                              candidates=constants.get("known_items"), capacity=self.capacity)
+            return rec, ({"loss": rec, "rec": rec, "dropped_targets": dropped}, {"codes": {}, "residuals": {}})
+        key, recon_key = jax.random.split(key)
+        table, q, recon = self.item_table(params, constants, quantize_on, recon_key)
         rec = sasrec_loss(params["sasrec"], batch, self.sasrec, dropout_rng=key, item_table=table,
-                          candidates=constants.get("known_items"))
+                          candidates=constants.get("known_items"), capacity=self.capacity)
         qloss = jnp.where(quantize_on, q.loss, 0.0)
         loss = rec + self.cfg.loss.quant_weight * qloss + self.cfg.loss.recon_weight * recon
-        metrics = {"loss": loss, "rec": rec, "recon": recon, "qloss_item": q.loss, "qerr_item": q.recon_error}
+        metrics = {"loss": loss, "rec": rec, "recon": recon, "qloss_item": q.loss, "qerr_item": q.recon_error,
+                   "dropped_targets": dropped}
         return loss, (metrics, {"codes": {"item": q.codes}, "residuals": {"item": q.residuals}})
 
     def encode(self, params, batch, constants):

@@ -162,25 +162,50 @@ class SASRec(nn.Module):
         return self.final_norm(x) * valid
 
 
+def target_capacity(targets: np.ndarray, batch_size: int, sigmas: float = 6.0, multiple: int = 128) -> int:
+    """How many positions with a target a training batch of `batch_size` rows of `targets` [N, T]
+    needs room for: the mean count plus `sigmas` standard deviations of the batch sum, rounded up
+    to `multiple`, at most batch_size · T. (Beauty, history 20: 1,792 of 5,120 positions.)"""
+    per_row = (np.asarray(targets) > 0).sum(1)
+    need = batch_size * per_row.mean() + sigmas * np.sqrt(batch_size) * per_row.std()
+    return int(min(batch_size * targets.shape[1], multiple * np.ceil(need / multiple)))
+
+
+def dropped_targets(targets: jax.Array, capacity: int | None) -> jax.Array:
+    """How many positions with a target `sasrec_loss(..., capacity=capacity)` leaves out (0 when
+    the batch fits; the loop logs it, so a too-small capacity shows)."""
+    count = jnp.sum(targets > 0)
+    return jnp.zeros_like(count) if capacity is None else jnp.maximum(count - capacity, 0)
+
+
 def sasrec_loss(params, batch: dict[str, jax.Array], model: SASRec,
                 dropout_rng: jax.Array | None = None, item_table: jax.Array | None = None,
-                candidates: jax.Array | None = None) -> jax.Array:
+                candidates: jax.Array | None = None, capacity: int | None = None) -> jax.Array:
     """Mean full-softmax cross-entropy of the next item over every position with a target.
 
     batch: "inputs" int [B, T] (left-padded) and "targets" int [B, T] (0 = no target there).
     Dropout is on when `dropout_rng` is given; `item_table` is for mode "given"; `candidates`
     (bool [I + 1]) limits the softmax to the items known at training time (cold-start evaluation:
     an item absent from training is not a negative either).
+    `capacity` (static int): score only the positions with a target, gathered into `capacity`
+    rows, instead of all B · T (most are left padding: the [positions, I + 1] logits are the
+    step's cost). The same loss while the batch has <= capacity targets; beyond, the last ones
+    in row order are left out (`dropped_targets` counts them; `target_capacity` sizes it).
     """
     train = dropout_rng is not None
     rngs = {"dropout": dropout_rng} if train else None
     hidden = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs, item_table=item_table)
+    targets = batch["targets"]
+    if capacity is not None:
+        flat = targets.reshape(-1)
+        (where,) = jnp.nonzero(flat > 0, size=capacity, fill_value=0)
+        hidden = hidden.reshape(-1, hidden.shape[-1])[where]
+        targets = jnp.where(jnp.arange(capacity) < jnp.sum(flat > 0), flat[where], 0)
     table = item_table if item_table is not None else model.apply({"params": params}, method=SASRec.item_table)
     logits = item_logits(hidden, table)
     if candidates is not None:
         logits = jnp.where(candidates, logits, -jnp.inf)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    targets = batch["targets"]
     valid = targets > 0
     picked = jnp.take_along_axis(log_probs, jnp.where(valid, targets, 1)[..., None], axis=-1)[..., 0]
     return -jnp.sum(jnp.where(valid, picked, 0.0)) / jnp.maximum(valid.sum(), 1)
