@@ -68,6 +68,9 @@ def get_config(arg=None):
     c.quantizer.kmeans_users = 1_000_000  # k-means on all items
     c.quantizer.kmeans_iters = 30
     c.quantizer.kmeans_init = kind != "id"
+    # Item tokenizer: colliding items take the nearest free last-level code of their prefix
+    # (LC-Rec); the report keeps the nearest-code collision rate too. False: nearest codes only.
+    c.quantizer.collision_free_last_level = True
 
     c.loss.quant_weight = 1.0
     c.loss.recon_weight = 1.0

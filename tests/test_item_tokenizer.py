@@ -11,8 +11,8 @@ from conftest import REPO, shared_data
 # run, so the sentence encoder runs once per machine, not once per test.
 TEXT_CACHE = os.environ.get("U2QT_TEXT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "u2qt", "amazon")
 
-from u2qt.model.item_tokenizer import (collision_stats, dedup_tokens, read_item_codes, tokenizer_examples,
-                                       write_item_table)
+from u2qt.model.item_tokenizer import (collision_free_last_level, collision_stats, dedup_tokens, read_item_codes,
+                                       tokenizer_examples, write_item_table)
 
 
 def test_dedup_makes_every_id_unique_in_row_order():
@@ -42,6 +42,27 @@ def test_collision_stats_on_a_hand_made_table():
     assert s["unique_after_dedup"] == 1.0
     assert s["max_dedup_token"] == 2
     assert collision_stats(np.arange(12).reshape(4, 3))["collision_rate"] == 0.0
+
+
+def test_collision_free_last_level_moves_only_colliding_prefixes_to_the_cheapest_free_codes():
+    book = np.array([[0.0], [1.0], [2.0], [10.0]])  # last-level codebook, K = 4, D = 1
+    codes = np.array([[0, 1],   # prefix 0: items 0, 1, 2 all nearest to code 1 -> collision
+                      [0, 1],
+                      [0, 1],
+                      [5, 1],   # prefix 5: one item on code 1, no collision -> untouched
+                      [7, 3],   # prefix 7: two items on different codes -> untouched
+                      [7, 2]])
+    last = np.array([[1.0], [1.4], [0.9], [1.0], [9.0], [2.6]])
+    out = collision_free_last_level(codes, last, book)
+    # prefix 0: the assignment with least total squared distance of {1.0, 1.4, 0.9} to {0, 1, 2, 10}:
+    # 1.0 -> 1, 1.4 -> 2, 0.9 -> 0 (cost 0 + .36 + .81 = 1.17; any other is dearer)
+    assert out[:, 1].tolist() == [1, 2, 0, 1, 3, 2]
+    assert (out[:, 0] == codes[:, 0]).all()
+    assert collision_stats(out)["collision_rate"] == 0.0 and collision_stats(codes)["collision_rate"] == 0.5
+    # A prefix with more items than codes: K of them get distinct codes, the rest keep theirs.
+    crowded = np.zeros((6, 2), np.int64)
+    out = collision_free_last_level(crowded, np.linspace(0, 3, 6)[:, None], book)
+    assert len(set(out[:, 1].tolist())) == 4 and collision_stats(out)["unique_after_dedup"] == 1.0
 
 
 def test_item_table_round_trip(tmp_path):
@@ -79,4 +100,7 @@ def test_short_run_on_office_writes_the_item_table(tmp_path, compile_cache):
     assert frame[["item_0", "item_1", "item_2"]].to_numpy().max() < cfg.quantizer.item_codes
     test = summary["test"]
     assert test["unique_after_dedup"] == 1.0 and 0.0 <= test["collision_rate"] <= 1.0
+    # The collision-free last level (the config's default): never more collisions than nearest codes.
+    assert test["collision_rate"] <= test["nearest_collision_rate"] and 0.0 <= test["moved_to_a_free_code"] <= 1.0
+    assert summary["collision_rate"] == test["collision_rate"]  # the exported table is the reported one
     assert json.load(open(tmp_path / "run" / "summary.json"))["test"]["largest_group"] >= 1

@@ -12,8 +12,14 @@ test item is ever a target, a neighbour or a history item), one row per position
 ``data.max_history`` items before it (left-padded), the item, and one of its sequence neighbours
 (the previous or the next one, chosen with the seed; 0 when the sequence has one item).
 
-De-duplication (``dedup_tokens``): items that share the full code tuple get a 4th token 0, 1, 2, …
-in item-index order, so every semantic ID is unique and the assignment is deterministic.
+Collision-free last level (``collision_free_last_level``, config ``quantizer.collision_free_last_level``;
+LC-Rec's "uniform semantic mapping", Zheng et al. 2024): items whose nearest codes collide are given
+distinct last-level codes within their shared prefix by a minimum-cost assignment on the
+last-level distances, so they keep their prefix and take the nearest free code. The report keeps
+the nearest-code collision rate next to the final one.
+De-duplication (``dedup_tokens``): items that still share the full code tuple (a prefix with more
+items than codes) get a 4th token 0, 1, 2, … in item-index order, so every semantic ID is unique
+and the assignment is deterministic.
 """
 from __future__ import annotations
 
@@ -81,6 +87,29 @@ def dedup_tokens(codes: np.ndarray) -> np.ndarray:
     token = np.empty(len(codes), np.int32)
     token[order] = np.arange(len(order)) - first
     return token
+
+
+def collision_free_last_level(codes: np.ndarray, last_residuals: np.ndarray, last_codebook: np.ndarray) -> np.ndarray:
+    """codes [N, L] (each level's nearest code), last_residuals [N, D] (the last level's input),
+    last_codebook [K, D] -> codes [N, L] where the items of every prefix codes[:, :L-1] that holds a
+    collision get distinct last codes: the assignment of that prefix's items to the K codes with
+    the least total squared distance (scipy's linear_sum_assignment). A prefix without collision
+    keeps its nearest codes (they are the optimum); one with more than K items keeps K of them
+    assigned and the rest at their nearest code. Levels before the last never change."""
+    from scipy.optimize import linear_sum_assignment
+    codes = np.array(codes)
+    if len(codes) < 2:
+        return codes
+    _, full, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    collides = counts[full.reshape(-1)] > 1
+    _, prefix = np.unique(codes[:, :-1], axis=0, return_inverse=True)
+    prefix = prefix.reshape(-1)
+    for group in np.unique(prefix[collides]):
+        members = np.flatnonzero(prefix == group)
+        cost = np.sum((last_residuals[members][:, None, :] - last_codebook[None]) ** 2, -1)
+        rows, cols = linear_sum_assignment(cost)
+        codes[members[rows], -1] = cols
+    return codes
 
 
 def collision_stats(codes: np.ndarray) -> dict:
@@ -208,22 +237,41 @@ class ItemTokenizerTask:
         return q.codes, z, {"item": q.residuals}
 
     def final_report(self, params, constants, workdir) -> dict:
-        """Collision and usage numbers of the item IDs the selected parameters give."""
-        codes = self.item_codes(params, constants)
+        """Collision and usage numbers of the item IDs the selected parameters give (with the
+        nearest-code collision rate too when the last level is made collision-free)."""
+        nearest, last_residuals = self.item_codes(params, constants)
+        codes = self.finalize_codes(params, {"item": nearest}, {"item": last_residuals[:, None]})["item"]
         levels, num_codes = self.stacks["item"]
         usage = report.code_usage(codes, num_codes)
         out = collision_stats(codes)
+        if self.cfg.quantizer.collision_free_last_level:
+            out["nearest_collision_rate"] = collision_stats(nearest)["collision_rate"]
+            out["moved_to_a_free_code"] = float(np.mean(np.any(codes != nearest, 1)))
         for level in range(levels):
             out[f"usage_{level}"] = usage["usage"][level]
             out[f"perplexity_{level}"] = usage["perplexity"][level]
         return out
 
-    def item_codes(self, params, constants, batch_size: int = 4096) -> np.ndarray:
-        """Codes [I, L] of every item (item index 1..I in row order)."""
-        fn = jax.jit(lambda p, items, k: self._quantize(p, items, k)[1].codes)
+    def finalize_codes(self, params, codes_by_view, residuals_by_view):
+        """The loop's hook between encoding and export: the collision-free last level, if configured
+        (residuals [N, L or 1, D]: their last entry is the last level's input)."""
+        if not self.cfg.quantizer.collision_free_last_level:
+            return codes_by_view
+        codebook = np.asarray(params["codebooks_item"][-1])
+        last = np.asarray(residuals_by_view["item"])[:, -1]
+        return {"item": collision_free_last_level(codes_by_view["item"], last, codebook)}
+
+    def item_codes(self, params, constants, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest codes [I, L] of every item (item index 1..I in row order) and the last level's
+        inputs [I, D]."""
+        def fn(p, items, k):
+            q = self._quantize(p, items, k)[1]
+            return q.codes, q.residuals[:, -1]
+        fn = jax.jit(fn)
         items = self.encode_examples["target"]
-        return np.concatenate([np.asarray(fn(params, jnp.asarray(items[s:s + batch_size]), constants))
-                               for s in range(0, len(items), batch_size)])
+        parts = [jax.device_get(fn(params, jnp.asarray(items[s:s + batch_size]), constants))
+                 for s in range(0, len(items), batch_size)]
+        return np.concatenate([c for c, _ in parts]), np.concatenate([r for _, r in parts])
 
     def write_outputs(self, workdir, codes_by_view, continuous):
         write_item_table(os.path.join(workdir, "item_codes.parquet"), self.export_ids, codes_by_view["item"])

@@ -335,6 +335,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     if sizes:
         codes, continuous, residuals = encode_users(params)
         codes_by_view = _split_views(codes, levels)
+        if hasattr(task, "finalize_codes"):  # e.g. the item tokenizer's collision-free last level
+            codes_by_view = task.finalize_codes(params, codes_by_view, residuals)
         rel_err = {}
         for view, r in residuals.items():
             z = r[:, 0]
