@@ -4,8 +4,9 @@
 
 Recommender runs: data set, item representation, cold start, the validation-selected step and its
 validation NDCG@10, test Recall/NDCG@5/10 (and on cold-start items when the run has them), seed.
-Item-tokenizer runs: collision rate before de-duplication, largest group, uniqueness after it,
-code usage per level.
+Item-tokenizer runs: collision rate of the 3-code ID before de-duplication (and of the nearest
+codes, when the last level was made collision-free), largest group, uniqueness after
+de-duplication, code usage per level.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def recommender_rows(runs: list[tuple[str, dict, dict]]) -> list[str]:
 
 
 def tokenizer_rows(runs: list[tuple[str, dict, dict]]) -> list[str]:
-    head = ("| data | items | levels x codes | steps | collision rate | largest group | unique after de-dup | "
+    head = ("| data | items | levels x codes | steps | collision rate | nearest-code collision rate | largest group | unique after de-dup | "
             "code usage per level | perplexity per level | seed | run |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for run, s, c in runs:
@@ -51,8 +52,9 @@ def tokenizer_rows(runs: list[tuple[str, dict, dict]]) -> list[str]:
         levels = c["quantizer"]["item_levels"]
         usage = " / ".join(f"{t[f'usage_{l}']:.0%}" for l in range(levels))
         ppl = " / ".join(f"{t[f'perplexity_{l}']:.0f}" for l in range(levels))
+        nearest = f"{t['nearest_collision_rate']:.2%}" if "nearest_collision_rate" in t else "same"
         lines.append(f"| {_dataset(c)} | {s.get('rows', s.get('users'))} | {levels} x {c['quantizer']['item_codes']} | {s['steps']} | "
-                     f"{t['collision_rate']:.2%} | {t['largest_group']} | {t['unique_after_dedup']:.0%} | "
+                     f"{t['collision_rate']:.2%} | {nearest} | {t['largest_group']} | {t['unique_after_dedup']:.0%} | "
                      f"{usage} | {ppl} | {c['seed']} | {run} |")
     return lines
 

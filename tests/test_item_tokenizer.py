@@ -103,4 +103,11 @@ def test_short_run_on_office_writes_the_item_table(tmp_path, compile_cache):
     # The collision-free last level (the config's default): never more collisions than nearest codes.
     assert test["collision_rate"] <= test["nearest_collision_rate"] and 0.0 <= test["moved_to_a_free_code"] <= 1.0
     assert summary["collision_rate"] == test["collision_rate"]  # the exported table is the reported one
+    # The results-table script renders the run: both collision rates, in that order.
+    import subprocess
+    import sys
+    table = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "amazon_table.py"), str(tmp_path / "run")],
+                           capture_output=True, text=True, check=True).stdout
+    row = next(line for line in table.splitlines() if line.startswith("| amazon-office-2014"))
+    assert f"| {test['collision_rate']:.2%} | {test['nearest_collision_rate']:.2%} |" in row, row
     assert json.load(open(tmp_path / "run" / "summary.json"))["test"]["largest_group"] >= 1
