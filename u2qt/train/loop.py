@@ -399,7 +399,7 @@ def _summary_text(summary: dict, workdir: str) -> str:
         lines.append(f"  {view:>9}: code usage per level {usage}; perplexity {ppl}; "
                      f"relative quantization error {s['relative_quantization_error']:.3f}")
     lines.append(f"  collision rate ({summary['primary_view']} codes): {summary['collision_rate']:.2%}; "
-                 f"bytes/user {summary['bytes_per_user_tokens']:.1f} as tokens vs "
+                 f"bytes/{'item' if summary['primary_view'] == 'item' else 'user'} {summary['bytes_per_user_tokens']:.1f} as tokens vs "
                  f"{summary['bytes_per_user_float32']} as float32 ({summary['compression_x']:.0f}x smaller)")
     if "purity_first_code" in summary:
         lines.append(f"  purity of the first {summary['primary_view']} code w.r.t. planted types: "
