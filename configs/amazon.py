@@ -96,7 +96,7 @@ def get_config(arg=None):
         c.train.checkpoint_every = 500
     else:
         c.train.batch_size = 256
-        c.train.steps = 6000 if dataset == "beauty" else 2000  # ~70 (Beauty) / ~100 (Office) epochs
+        c.train.steps = 3000 if dataset == "beauty" else 2000  # ~34 (Beauty) / ~100 (Office) epochs
         c.train.lr = 1e-3
         c.train.warmup_steps = 200
         c.train.weight_decay = 0.0
