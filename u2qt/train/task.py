@@ -42,6 +42,9 @@ class Task(Protocol):
     # def evaluate(self, params, constants) -> dict[str, float]        validation metrics, every eval_every
     #                                                                    steps; train.select_metric picks one
     # def final_report(self, params, constants, workdir) -> dict       test metrics of the selected params
+    # def finalize_codes(self, params, codes_by_view, residuals_by_view) -> codes_by_view
+    #                                                                    the exported codes, from the encoded
+    #                                                                    ones (e.g. a collision-free last level)
 
 
 class UserTokenizerTask:
