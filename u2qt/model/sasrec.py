@@ -198,9 +198,10 @@ def sasrec_loss(params, batch: dict[str, jax.Array], model: SASRec,
     targets = batch["targets"]
     if capacity is not None:
         flat = targets.reshape(-1)
-        (where,) = jnp.nonzero(flat > 0, size=capacity, fill_value=0)
+        has_target = flat > 0
+        (where,) = jnp.nonzero(has_target, size=capacity, fill_value=0)
         hidden = hidden.reshape(-1, hidden.shape[-1])[where]
-        targets = jnp.where(jnp.arange(capacity) < jnp.sum(flat > 0), flat[where], 0)
+        targets = jnp.where(jnp.arange(capacity) < jnp.sum(has_target), flat[where], 0)
     table = item_table if item_table is not None else model.apply({"params": params}, method=SASRec.item_table)
     logits = item_logits(hidden, table)
     if candidates is not None:
