@@ -236,17 +236,17 @@ class ItemTokenizerTask:
         z, q = self._quantize(params, batch["target"], constants)
         return q.codes, z, {"item": q.residuals}
 
-    def final_report(self, params, constants, workdir) -> dict:
-        """Collision and usage numbers of the item IDs the selected parameters give (with the
-        nearest-code collision rate too when the last level is made collision-free)."""
-        nearest, last_residuals = self.item_codes(params, constants)
-        codes = self.finalize_codes(params, {"item": nearest}, {"item": last_residuals[:, None]})["item"]
+    def final_report(self, params, constants, workdir, nearest=None, exported=None) -> dict:
+        """Collision and usage numbers of the exported item IDs (the loop's encoding of every item
+        with the selected parameters), with the nearest-code collision rate too when the last level
+        is made collision-free."""
+        codes = exported["item"]
         levels, num_codes = self.stacks["item"]
         usage = report.code_usage(codes, num_codes)
         out = collision_stats(codes)
         if self.cfg.quantizer.collision_free_last_level:
-            out["nearest_collision_rate"] = collision_stats(nearest)["collision_rate"]
-            out["moved_to_a_free_code"] = float(np.mean(np.any(codes != nearest, 1)))
+            out["nearest_collision_rate"] = collision_stats(nearest["item"])["collision_rate"]
+            out["moved_to_a_free_code"] = float(np.mean(np.any(codes != nearest["item"], 1)))
         for level in range(levels):
             out[f"usage_{level}"] = usage["usage"][level]
             out[f"perplexity_{level}"] = usage["perplexity"][level]
@@ -260,18 +260,6 @@ class ItemTokenizerTask:
         codebook = np.asarray(params["codebooks_item"][-1])
         last = np.asarray(residuals_by_view["item"])[:, -1]
         return {"item": collision_free_last_level(codes_by_view["item"], last, codebook)}
-
-    def item_codes(self, params, constants, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest codes [I, L] of every item (item index 1..I in row order) and the last level's
-        inputs [I, D]."""
-        def fn(p, items, k):
-            q = self._quantize(p, items, k)[1]
-            return q.codes, q.residuals[:, -1]
-        fn = jax.jit(fn)
-        items = self.encode_examples["target"]
-        parts = [jax.device_get(fn(params, jnp.asarray(items[s:s + batch_size]), constants))
-                 for s in range(0, len(items), batch_size)]
-        return np.concatenate([c for c, _ in parts]), np.concatenate([r for _, r in parts])
 
     def write_outputs(self, workdir, codes_by_view, continuous):
         write_item_table(os.path.join(workdir, "item_codes.parquet"), self.export_ids, codes_by_view["item"])

@@ -176,8 +176,9 @@ class RecommenderTask:
         ranks = self.ranks(params, constants, self.valid_cases)
         return {f"valid_{k}": v for k, v in ranking.metrics_from_ranks(ranks).items()}
 
-    def final_report(self, params, constants, workdir) -> dict:
-        """Test metrics of all cases, by target popularity, and of the cold-start targets."""
+    def final_report(self, params, constants, workdir, nearest=None, exported=None) -> dict:
+        """Test metrics of all cases, by target popularity, and of the cold-start targets (the
+        loop's code tables are not needed: the loop reports their usage and collisions)."""
         ranks = self.ranks(params, constants, self.test_cases)
         out = dict(ranking.metrics_from_ranks(ranks))
         out["cases"] = len(ranks)

@@ -334,7 +334,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
                                "step": int(state["best"]["step"])}
     if sizes:
         codes, continuous, residuals = encode_users(params)
-        codes_by_view = _split_views(codes, levels)
+        codes_by_view = nearest_by_view = _split_views(codes, levels)
         if hasattr(task, "finalize_codes"):  # e.g. the item tokenizer's collision-free last level
             codes_by_view = task.finalize_codes(params, codes_by_view, residuals)
         rel_err = {}
@@ -344,7 +344,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
             rel_err[view] = float(np.sum((z - z_hat) ** 2) / max(np.sum(z ** 2), 1e-12))
         summary.update(report.summarize(codes_by_view, sizes, continuous.shape[1], rel_err, task.labels))
     if hasattr(task, "final_report"):
-        summary["test"] = task.final_report(params, constants, workdir)
+        codes_kw = {"nearest": nearest_by_view, "exported": codes_by_view} if sizes else {}
+        summary["test"] = task.final_report(params, constants, workdir, **codes_kw)
     summary["steps"] = steps
     summary["wall_seconds"] = time.time() - t_start
     if jax.process_index() == 0:

@@ -41,7 +41,11 @@ class Task(Protocol):
     # Optional:
     # def evaluate(self, params, constants) -> dict[str, float]        validation metrics, every eval_every
     #                                                                    steps; train.select_metric picks one
-    # def final_report(self, params, constants, workdir) -> dict       test metrics of the selected params
+    # def final_report(self, params, constants, workdir, nearest=None, exported=None) -> dict
+    #                                                                    test metrics of the selected params;
+    #                                                                    a task with codebooks also gets the
+    #                                                                    encoded codes {view: [N, L]}, nearest
+    #                                                                    and as exported (after finalize_codes)
     # def finalize_codes(self, params, codes_by_view, residuals_by_view) -> codes_by_view
     #                                                                    the exported codes, from the encoded
     #                                                                    ones (e.g. a collision-free last level)
