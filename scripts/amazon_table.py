@@ -48,10 +48,10 @@ def tokenizer_rows(runs: list[tuple[str, dict, dict]]) -> list[str]:
             "code usage per level | perplexity per level | seed | run |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for run, s, c in runs:
-        t = s["test"]
+        t, view = s["test"], s["views"]["item"]
         levels = c["quantizer"]["item_levels"]
-        usage = " / ".join(f"{t[f'usage_{l}']:.0%}" for l in range(levels))
-        ppl = " / ".join(f"{t[f'perplexity_{l}']:.0f}" for l in range(levels))
+        usage = " / ".join(f"{u:.0%}" for u in view["usage"])
+        ppl = " / ".join(f"{p:.0f}" for p in view["perplexity"])
         nearest = f"{t['nearest_collision_rate']:.2%}" if "nearest_collision_rate" in t else "same"
         lines.append(f"| {_dataset(c)} | {s.get('rows', s.get('users'))} | {levels} x {c['quantizer']['item_codes']} | {s['steps']} | "
                      f"{t['collision_rate']:.2%} | {nearest} | {t['largest_group']} | {t['unique_after_dedup']:.0%} | "

@@ -237,19 +237,14 @@ class ItemTokenizerTask:
         return q.codes, z, {"item": q.residuals}
 
     def final_report(self, params, constants, workdir, nearest=None, exported=None) -> dict:
-        """Collision and usage numbers of the exported item IDs (the loop's encoding of every item
-        with the selected parameters), with the nearest-code collision rate too when the last level
-        is made collision-free."""
+        """Collision numbers of the exported item IDs (the loop's encoding of every item with the
+        selected parameters), with the nearest-code collision rate too when the last level is made
+        collision-free. Usage and perplexity per level are the loop's (summary "views")."""
         codes = exported["item"]
-        levels, num_codes = self.stacks["item"]
-        usage = report.code_usage(codes, num_codes)
         out = collision_stats(codes)
         if self.cfg.quantizer.collision_free_last_level:
             out["nearest_collision_rate"] = collision_stats(nearest["item"])["collision_rate"]
             out["moved_to_a_free_code"] = float(np.mean(np.any(codes != nearest["item"], 1)))
-        for level in range(levels):
-            out[f"usage_{level}"] = usage["usage"][level]
-            out[f"perplexity_{level}"] = usage["perplexity"][level]
         return out
 
     def finalize_codes(self, params, codes_by_view, residuals_by_view):
