@@ -1,4 +1,4 @@
-"""Train a u2qt tokenizer: python train.py [--config configs/NAME.py[:VARIANT]] [--workdir DIR] [--config.KEY=VALUE ...]
+"""Train a u2qt model (tokenizer or recommender): python train.py [--config configs/NAME.py[:VARIANT]] [--workdir DIR] [--config.KEY=VALUE ...]
 
 With no arguments it trains the default config (synthetic users with planted types) into runs/default.
 Rerunning the same command resumes from the newest checkpoint in the workdir.
@@ -18,7 +18,8 @@ def main(argv: list[str]) -> int:
         return 2
     workdir = workdir or os.path.join("runs", "default")
     import absl.logging
-    from u2qt.train.loop import enable_compilation_cache, run
+    from u2qt.train.loop import run
+    from u2qt.train.workdir import enable_compilation_cache
     absl.logging.set_verbosity(absl.logging.ERROR)  # TFDS's notes on custom builder configs
     enable_compilation_cache()
     try:

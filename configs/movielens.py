@@ -3,20 +3,16 @@
   python train.py --config configs/movielens.py --workdir runs/ml1m \
       --config.data.path=../shared/data/movielens-1m
 Variants: `:nogender` trains a tokenizer that never sees gender (for the gender downstream task);
-`:runlocal` a few steps, for tests.
+`:runlocal` a few steps, for tests. Every key: u2qt/defaults.py (family user_tokenizer).
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location("u2qt_configs_default", os.path.join(os.path.dirname(__file__), "default.py"))
-_default = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_default)
-base_config = _default.base_config
+from u2qt import config as config_lib
+from u2qt import defaults
 
 
 def get_config(arg=None):
-    c = base_config()
-    c.data.source = "movielens"
+    v = config_lib.variants(arg, "configs/movielens.py", flags=("nogender", "runlocal"))
+    c = defaults.user_tokenizer()
+    c.data.format = "movielens"
     c.data.path = "../shared/data/movielens-1m"
     c.data.max_events = 32
     c.data.holdout = 10
@@ -31,24 +27,20 @@ def get_config(arg=None):
     c.train.batch_size = 128
     c.train.steps = 800
     c.quantizer.kmeans_at_step = 150
-    c.quantizer.kmeans_users = 8192  # all of MovieLens-1M's 6,040 users
+    c.quantizer.kmeans_rows = 8192  # all of MovieLens-1M's 6,040 users
     c.train.eval_every = 200
     c.train.checkpoint_every = 200
-    variants = set((arg or "").split(",")) - {""}
-    if "nogender" in variants:
+    if v["nogender"]:
         c.data.exclude_user_columns = ("gender",)
-    if "runlocal" in variants:
+    if v["runlocal"]:
         c.train.steps = 6
         c.train.batch_size = 64
         c.train.log_every = 2
         c.train.eval_every = 6
         c.train.checkpoint_every = 6
-        c.quantizer.kmeans_users = 512
+        c.quantizer.kmeans_rows = 512
         c.quantizer.kmeans_iters = 3
         c.quantizer.kmeans_at_step = 2
         c.quantizer.shared_codes = 32
         c.quantizer.source_codes = 32
-    unknown = variants - {"nogender", "runlocal"}
-    if unknown:
-        raise ValueError(f"configs/movielens.py: unknown variants {sorted(unknown)} (known: nogender, runlocal)")
     return c

@@ -48,13 +48,13 @@ def tokenizer_rows(runs: list[tuple[str, dict, dict]]) -> list[str]:
             "code usage per level | perplexity per level | seed | run |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for run, s, c in runs:
-        t, view = s["test"], s["views"]["item"]
+        ids, view = s["ids"], s["views"]["item"]
         levels = c["quantizer"]["item_levels"]
         usage = " / ".join(f"{u:.0%}" for u in view["usage"])
         ppl = " / ".join(f"{p:.0f}" for p in view["perplexity"])
-        nearest = f"{t['nearest_collision_rate']:.2%}" if "nearest_collision_rate" in t else "same"
-        lines.append(f"| {_dataset(c)} | {s.get('rows', s.get('users'))} | {levels} x {c['quantizer']['item_codes']} | {s['steps']} | "
-                     f"{t['collision_rate']:.2%} | {nearest} | {t['largest_group']} | {t['unique_after_dedup']:.0%} | "
+        nearest = f"{ids['nearest_collision_rate']:.2%}" if "nearest_collision_rate" in ids else "same"
+        lines.append(f"| {_dataset(c)} | {s['rows']} | {levels} x {c['quantizer']['item_codes']} | {s['steps']} | "
+                     f"{s['collision_rate']:.2%} | {nearest} | {ids['largest_group']} | {ids['unique_after_dedup']:.0%} | "
                      f"{usage} | {ppl} | {c['seed']} | {run} |")
     return lines
 
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
             print(f"skipping {run}: no summary.json (not finished)", file=sys.stderr)
             continue
         s, c = _load(run)
-        (tok if c["task"] == "das_items" else rec).append((run, s, c))
+        (tok if c["task"] == "item_tokenizer" else rec).append((run, s, c))
     parts = []
     if tok:
         parts += ["Item tokenizer", ""] + tokenizer_rows(tok) + [""]

@@ -2,9 +2,9 @@
 
   python scripts/bench_amazon.py [--data beauty] [--steps 20] [--json out.json] [--set key=value ...]
 
-Times the train step the loop runs (objective + gradient + AdamW update, jitted, quantizer on)
-on random training batches of the configs in configs/amazon.py, after one warm-up step that
-compiles; prints a Markdown table. Text embeddings come from the config's cache (computed once).
+Times the train step the loop runs (``u2qt.train.step.make_train_step``: loss + gradient + AdamW
++ codebook upkeep, jitted, quantizer on) on random training batches of the configs in
+configs/amazon.py, after one warm-up step that compiles; prints a Markdown table. Text embeddings come from the config's cache (computed once).
 """
 from __future__ import annotations
 
@@ -23,42 +23,37 @@ sys.path.insert(0, REPO)
 def time_variant(variant: str, steps: int, overrides=()) -> dict:
     import jax
     import numpy as np
-    import optax
 
     from u2qt import config as config_lib
-    from u2qt.train.loop import make_optimizer
-    from u2qt.train.task import make_task
+    from u2qt.tasks.core import make_task
+    from u2qt.train.step import init_state, make_optimizer, make_train_step
 
     cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "amazon.py") + ":" + variant)
     for item in overrides:  # e.g. train.target_capacity=0 (score all B · T positions)
         config_lib.apply_override(cfg, *item.split("=", 1))
     task = make_task(cfg, cfg.data.cache_dir, log=lambda *_: None)
     rng = np.random.default_rng(0)
-    n = len(next(iter(task.train_examples.values())))
-    batches = [{k: jax.numpy.asarray(v[idx]) for k, v in task.train_examples.items() if k in task.model_keys}
+    n = len(next(iter(task.examples.values())))
+    batches = [{k: jax.numpy.asarray(v[idx]) for k, v in task.examples.items() if k in task.model_keys}
                for idx in (rng.integers(0, n, cfg.train.batch_size) for _ in range(steps + 1))]
     constants = {k: jax.numpy.asarray(v) for k, v in task.constants.items()}
-    tx = make_optimizer(cfg)
-    params = task.init(jax.random.key(0), batches[0], constants)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, batch, key):
-        grad_fn = jax.value_and_grad(lambda p: task.objective(p, batch, constants, key, True), has_aux=True)
-        (loss, _), grads = grad_fn(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    tx = make_optimizer(cfg, task)
+    # The loop's own step, past the k-means step so the quantizer and codebook upkeep are on.
+    state = init_state(task, tx, cfg, jax.random.key(0), batches[0], constants)
+    state["step"] = jax.numpy.asarray(cfg.quantizer.kmeans_at_step, jax.numpy.int32)
+    step = jax.jit(make_train_step(task, tx, cfg), donate_argnums=(0,))
 
     t0 = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, batches[0], jax.random.key(1))
-    loss.block_until_ready()
+    state, metrics = step(state, batches[0], constants)
+    metrics["loss"].block_until_ready()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(1, steps + 1):
-        params, opt_state, loss = step(params, opt_state, batches[i], jax.random.key(i))
-    loss.block_until_ready()
+        state, metrics = step(state, batches[i], constants)
+    metrics["loss"].block_until_ready()
     per_step = (time.perf_counter() - t0) / steps
-    return {"variant": variant, "task": cfg.task, "batch": cfg.train.batch_size, "items": task.data.num_items,
+    rows = len(task.data.item_ids)
+    return {"variant": variant, "task": cfg.task, "batch": cfg.train.batch_size, "items": rows,
             "step_ms": 1000 * per_step, "rows_per_s": cfg.train.batch_size / per_step, "first_step_s": compile_s}
 
 

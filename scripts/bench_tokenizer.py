@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", default="64,128,256")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
-    from u2qt.train.loop import enable_compilation_cache
+    from u2qt.train.workdir import enable_compilation_cache
     enable_compilation_cache()
     results = [bench_one(args.config, int(b), args.steps) for b in args.batch_sizes.split(",")]
     print(f"U2QT train step, {args.config}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

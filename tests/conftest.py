@@ -12,7 +12,7 @@ def compile_cache(tmp_path_factory):
     """A persistent XLA cache shared by the training tests of this session (and their subprocesses)."""
     path = str(tmp_path_factory.mktemp("jax_cache"))
     os.environ["U2QT_JAX_CACHE"] = path
-    from u2qt.train.loop import enable_compilation_cache
+    from u2qt.train.workdir import enable_compilation_cache
     enable_compilation_cache(path)
     return path
 

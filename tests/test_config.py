@@ -69,7 +69,7 @@ def test_overrides_of_every_type():
         "--config.loss.alpha=2",               # an int literal for a float field
         "--config.train.progress=False",       # bool
         "--config.model.sources=tabular,behaviour",  # tuple, comma-separated
-        "--config.data.source=movielens",      # bare string
+        "--config.data.format=movielens",      # bare string
         "--config.data.path", "/data/ml-1m",   # value as the next argument
         "--config.data.cache_dir=123",         # a string field keeps digits as text
     ], DEFAULT)
@@ -78,7 +78,7 @@ def test_overrides_of_every_type():
     assert cfg.loss.alpha == 2.0 and isinstance(cfg.loss.alpha, float)
     assert cfg.train.progress is False
     assert cfg.model.sources == ("tabular", "behaviour")
-    assert cfg.data.source == "movielens" and cfg.data.path == "/data/ml-1m"
+    assert cfg.data.format == "movielens" and cfg.data.path == "/data/ml-1m"
     assert cfg.data.cache_dir == "123"
     # Untouched fields keep the variant's values; the config stays locked.
     assert cfg.model.dim == load_config_file(f"{DEFAULT}:runlocal").model.dim

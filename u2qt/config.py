@@ -32,10 +32,37 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{path} defines no get_config(arg)")
     try:
         cfg = module.get_config(arg or None)
+    except ConfigError:
+        raise
     except ValueError as e:  # e.g. an unknown variant
         raise ConfigError(f"{path}: {e}") from e
     cfg.lock()
     return cfg
+
+
+def variants(arg: str | None, where: str, *, choose: dict[str, tuple[str, ...]] = None,
+             flags: tuple[str, ...] = ()) -> dict:
+    """A config's ``:ARG`` ("beauty,items,runlocal") → {group: choice or None, flag: bool}.
+
+    ``choose`` names groups of which at most one value may be given (e.g. the data set);
+    ``flags`` are on when present. Anything else is refused with the known values named.
+    """
+    choose = choose or {}
+    given = set((arg or "").split(",")) - {""}
+    known = set(flags).union(*choose.values()) if choose else set(flags)
+    unknown = given - known
+    if unknown:
+        listed = "; ".join(f"{g}: {', '.join(v)}" for g, v in choose.items())
+        raise ConfigError(f"{where}: unknown variants {sorted(unknown)} (known: {listed}"
+                          f"{'; flags: ' + ', '.join(flags) if flags else ''})")
+    out = {}
+    for group, values in choose.items():
+        picked = given & set(values)
+        if len(picked) > 1:
+            raise ConfigError(f"{where}: pick one {group} of {', '.join(values)}, got {sorted(picked)}")
+        out[group] = picked.pop() if picked else None
+    out.update({flag: flag in given for flag in flags})
+    return out
 
 
 def _all_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

@@ -1,7 +1,7 @@
 """The training objective, one equation per function: L = L_sem + α·L_cf + β·L_align.
 
 - L_sem (semantic): each source's reconstruction from the quantized views + the quantization
-  (codebook + commitment) losses of every codebook stack (``u2qt.model.quantizer``).
+  (codebook + commitment) losses of every codebook stack (``u2qt.quant.residual``).
 - L_cf (collaborative): next-item prediction from the quantized user representation, with a
   full or sampled softmax over the item table.
 - L_align (DAS, Kuaishou 2025): InfoNCE alignment terms
@@ -15,10 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-    mask = mask.astype(jnp.float32)
-    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+from u2qt.nn.layers import masked_mean
 
 
 def _normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from u2qt.data.tables import DataError
+
 TEXT_FIELDS = ("title", "brand", "categories", "description")
 _LABELS = {"title": "Title", "brand": "Brand", "categories": "Categories",
            "description": "Description"}
@@ -44,7 +46,7 @@ _SPACE = re.compile(r"\s+")
 _EXAMPLES = 5  # ids listed in the report per kind of problem
 
 
-class LCRecFormatError(ValueError):
+class LCRecFormatError(DataError):
     """The files are not in the LC-Rec layout; the message names the file and the problem."""
 
 

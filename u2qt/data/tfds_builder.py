@@ -1,8 +1,8 @@
-"""Per-user examples as a TFDS data set in array_record files (no TensorFlow needed).
+"""Example rows as a TFDS data set in array_record files (no TensorFlow needed).
 
 `build_data_source(examples, data_dir, fingerprint)` writes the examples once, under
-`data_dir/user_examples/<fingerprint>/1.0.0/`, and returns a random-access data source
-(`len` = number of users; element i = dict of numpy arrays of user i) for `grain.MapDataset.source`.
+`data_dir/examples/<fingerprint>/1.0.0/`, and returns a random-access data source
+(`len` = number of rows; element i = dict of numpy arrays of row i: a user, an item, a sequence) for `grain.MapDataset.source`.
 A second call with the same fingerprint reuses the files. TFDS writes into a temporary
 `*.incomplete*` directory and renames it only when everything is written, so an interrupted build
 leaves no half-written data set behind; the next call builds it again. Concurrent calls for the
@@ -34,11 +34,11 @@ def examples_fingerprint(examples: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
-class UserExamples(tfds.core.GeneratorBasedBuilder):
-    """One record per user: the arrays of `u2qt.data.examples.build_examples`."""
+class Examples(tfds.core.GeneratorBasedBuilder):
+    """One record per example row (a user, an item, a training sequence): a dict of arrays."""
 
     VERSION = tfds.core.Version(VERSION)
-    RELEASE_NOTES = {str(VERSION): "Per-user examples (u2qt/data/README.md)."}
+    RELEASE_NOTES = {str(VERSION): "Example rows (u2qt/data/README.md)."}
     # Nothing is downloaded, so there is no checksums file next to the code. Finding the code's
     # path needs the `importlib_resources` package, which is not always installed.
     code_path = None
@@ -52,7 +52,7 @@ class UserExamples(tfds.core.GeneratorBasedBuilder):
             k: tfds.features.Tensor(shape=v.shape[1:], dtype=v.dtype)
             for k, v in sorted(self._examples.items())
         })
-        # disable_shuffling: record i stays user i (TFDS otherwise orders records by a key hash).
+        # disable_shuffling: record i stays row i (TFDS otherwise orders records by a key hash).
         return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True)
 
     def _split_generators(self, dl_manager):
@@ -66,7 +66,7 @@ class UserExamples(tfds.core.GeneratorBasedBuilder):
 
 
 class ExampleSource:
-    """Random-access view of the prepared records: element i = {key: numpy array} of user i.
+    """Random-access view of the prepared records: element i = {key: numpy array} of row i.
 
     TFDS decodes scalar features to Python numbers; this restores each key's numpy dtype.
     """
@@ -100,10 +100,10 @@ def _config_name(fingerprint: str) -> str:
 
 @contextlib.contextmanager
 def build_lock(data_dir: str, fingerprint: str):
-    """An exclusive lock (flock on `data_dir/user_examples-<fingerprint>.lock`) held while a data set
+    """An exclusive lock (flock on `data_dir/examples-<fingerprint>.lock`) held while a data set
     is checked and built, so concurrent builders of the same fingerprint do not race on the rename."""
     os.makedirs(data_dir, exist_ok=True)
-    with open(os.path.join(data_dir, f"user_examples-{_config_name(fingerprint)}.lock"), "a") as lock:
+    with open(os.path.join(data_dir, f"examples-{_config_name(fingerprint)}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -117,7 +117,7 @@ def build_data_source(examples: dict[str, np.ndarray], data_dir: str, fingerprin
     if len(set(sizes.values())) != 1:
         raise ValueError(f"examples must share their leading dimension, got {sizes}")
     with build_lock(data_dir, fingerprint):  # the builder reads the data set's info: build it under the lock too
-        builder = UserExamples(
+        builder = Examples(
             examples=examples,
             data_dir=os.fspath(data_dir),
             config=tfds.core.BuilderConfig(name=_config_name(fingerprint)),

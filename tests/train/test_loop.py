@@ -1,0 +1,195 @@
+"""The train loop end to end: outputs, resume after a kill, 8 devices vs 1, MovieLens, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, shared_data
+from u2qt import config as config_lib
+
+
+def runlocal(**overrides):
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "default.py:runlocal"))
+    for key, value in overrides.items():
+        config_lib.apply_override(cfg, key, repr(value) if not isinstance(value, str) else value)
+    config_lib.apply_override(cfg, "train.progress", "False")
+    return cfg
+
+
+def train(cfg, workdir):
+    from u2qt.train.loop import run
+    return run(cfg, str(workdir))
+
+
+def final_params(workdir):
+    """Codebooks and continuous representations: together they pin down the trained model."""
+    books = dict(np.load(os.path.join(workdir, "codebooks.npz")))
+    return books, np.load(os.path.join(workdir, "representations.npy"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, compile_cache):
+    workdir = tmp_path_factory.mktemp("run")
+    summary = train(runlocal(), workdir)
+    return workdir, summary
+
+
+def test_run_writes_tokens_codebooks_metrics_summary_and_plot(finished_run):
+    workdir, summary = finished_run
+    for name in ("config.json", "dataset_spec.json", "semantic_ids.parquet", "codebooks.npz", "summary.json",
+                 "metrics.jsonl", "training.png", "representations.npy"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    cfg = runlocal()
+    tokens = pd.read_parquet(os.path.join(workdir, "semantic_ids.parquet"))
+    assert len(tokens) == cfg.data.synthetic_users
+    # The layout: the shared stack first, then each source's in config order, then the de-dup token.
+    q = cfg.quantizer
+    assert list(tokens.columns) == (["id"] + [f"shared_{l}" for l in range(q.shared_levels)]
+                                    + [f"{s}_{l}" for s in cfg.model.sources for l in range(q.source_levels)]
+                                    + ["dedup"])
+    shared = tokens[[f"shared_{l}" for l in range(cfg.quantizer.shared_levels)]].to_numpy()
+    assert shared.min() >= 0 and shared.max() < cfg.quantizer.shared_codes
+    assert {f"text_{l}" for l in range(cfg.quantizer.source_levels)} <= set(tokens.columns)
+    written = json.load(open(os.path.join(workdir, "summary.json")))
+    assert written["compression_x"] == pytest.approx(written["bytes_per_row_float32"] / written["bytes_per_row_tokens"])
+    assert written["primary_view"] == "shared"
+    # The reported numbers are those of the written table.
+    from u2qt.quant.stats import collision_rate, purity
+    assert written["collision_rate"] == collision_rate(shared)
+    # 40 steps already beat chance: the first shared code separates the planted user types
+    # better than the same codes dealt to the users at random (≈ 0.25 for 8 types in 16 codes).
+    from u2qt.data.synthetic import make_synthetic
+    _, types = make_synthetic(cfg.data.synthetic_users, cfg.data.synthetic_items, cfg.data.synthetic_types, seed=0)
+    shuffled = max(purity(np.random.default_rng(s).permutation(shared[:, 0]), types) for s in range(5))
+    assert written["purity_first_code"] == purity(shared[:, 0], types)
+    assert written["purity_first_code"] >= shuffled + 0.1, (written["purity_first_code"], shuffled)
+    assert len(written["views"]["shared"]["usage"]) == cfg.quantizer.shared_levels
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == list(range(cfg.train.log_every, cfg.train.steps + 1, cfg.train.log_every))
+    assert all(np.isfinite(r["loss"]) for r in train_rows)
+    assert any(r["split"] == "eval" for r in rows)
+    assert os.path.isdir(os.path.join(workdir, "tensorboard"))
+
+
+def test_rerun_of_a_finished_run_resumes_instead_of_retraining(finished_run):
+    workdir, summary = finished_run
+    before = final_params(workdir)
+    train(runlocal(), workdir)
+    after = final_params(workdir)
+    np.testing.assert_array_equal(before[1], after[1])
+
+
+def test_workdir_with_another_config_is_refused(finished_run):
+    workdir, _ = finished_run
+    with pytest.raises(config_lib.ConfigError, match="different config"):
+        train(runlocal(**{"train.lr": 0.5}), workdir)
+
+
+def test_killed_and_resumed_run_ends_with_the_same_parameters(tmp_path, finished_run):
+    # Halt after step 25: past the k-means init (step 10) and a dead-code reset (step 20),
+    # mid-way between checkpoints, so the data iterator state and RNG must both be restored.
+    halted = tmp_path / "halted"
+    train(runlocal(**{"train.halt_after_step": 25}), halted)
+    assert not os.path.exists(halted / "codebooks.npz")
+    train(runlocal(**{"train.halt_after_step": 25}), halted)  # the same command again resumes
+    workdir, _ = finished_run
+    a_books, a_repr = final_params(workdir)
+    b_books, b_repr = final_params(halted)
+    for view in a_books:
+        np.testing.assert_allclose(a_books[view], b_books[view], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a_repr, b_repr, rtol=1e-5, atol=1e-5)
+
+
+def test_eight_devices_match_one(tmp_path, compile_cache):
+    script = (
+        "import sys, os; sys.path.insert(0, os.path.join(sys.argv[1], 'tests'))\n"
+        "sys.path.insert(0, os.path.join(sys.argv[1], 'tests', 'train')); sys.path.insert(0, sys.argv[1])\n"
+        "import jax; from test_loop import runlocal, train\n"
+        "from u2qt.train.workdir import enable_compilation_cache; enable_compilation_cache()\n"
+        "assert len(jax.devices()) == int(sys.argv[3]), jax.devices()\n"
+        "train(runlocal(**{'train.steps': 8, 'quantizer.kmeans_at_step': 3, 'train.eval_every': 100,"
+        " 'quantizer.reset_every': 4}), sys.argv[2])\n")
+    results = {}
+    for devices in (1, 8):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        out = subprocess.run([sys.executable, "-c", script, REPO, str(tmp_path / f"d{devices}"), str(devices)],
+                             env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[devices] = final_params(tmp_path / f"d{devices}")
+    for view in results[1][0]:
+        np.testing.assert_allclose(results[1][0][view], results[8][0][view], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[1][1], results[8][1], rtol=1e-3, atol=1e-3)
+
+
+def test_movielens_builds_and_trains_a_few_steps(tmp_path, compile_cache):
+    path = shared_data("movielens-1m")
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "movielens.py:runlocal"))
+    config_lib.apply_override(cfg, "data.path", path)
+    config_lib.apply_override(cfg, "train.progress", "False")
+    summary = train(cfg, tmp_path)
+    assert summary["rows"] == 6040  # users 3000-6040 have no ratings in the shared copy and still get tokens
+    tokens = pd.read_parquet(tmp_path / "semantic_ids.parquet")
+    assert tokens["id"].tolist()[:3] == ["1", "2", "3"]
+    spec = json.load(open(tmp_path / "dataset_spec.json"))
+    assert "gender" in spec["cat_fields"] and len(spec["item_ids"]) == 3883
+
+
+def _train_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_unknown_config_key_fails_with_the_key_named(tmp_path):
+    out = _train_cli("--workdir", str(tmp_path), "--config.train.stepz=3")
+    assert out.returncode == 2
+    assert "unknown config key 'train.stepz'" in out.stderr and "train.steps" in out.stderr
+
+
+def test_ill_typed_config_value_fails_with_the_key_named(tmp_path):
+    out = _train_cli("--workdir", str(tmp_path), "--config.train.steps=many")
+    assert out.returncode == 2 and "train.steps" in out.stderr
+
+
+def _tables_run(tmp_path, users: str, items: str, events: str):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, text in (("users", users), ("items", items), ("events", events)):
+        (data / f"{name}.csv").write_text(text)
+    return _train_cli("--workdir", str(tmp_path / "run"), "--config.data.format=tables", f"--config.data.path={data}")
+
+
+def test_malformed_events_file_fails_naming_file_and_line(tmp_path):
+    out = _tables_run(tmp_path, "user_id,country\nu1,fr\nu2,de\n", "item_id,text\ni1,red shoes\ni2,blue hat\n",
+                      "user_id,item_id,timestamp\nu1,i1,100\nu2,i2,yesterday\n")
+    assert out.returncode == 2
+    assert "events.csv" in out.stderr and "line 3" in out.stderr and "timestamp" in out.stderr
+
+
+def test_empty_users_table_fails_clearly(tmp_path):
+    out = _tables_run(tmp_path, "user_id,country\n", "item_id,text\ni1,red shoes\n", "user_id,item_id,timestamp\n")
+    assert out.returncode == 2
+    assert "users.csv" in out.stderr and "empty" in out.stderr.lower()
+
+
+def test_nan_in_a_batch_is_reported_with_its_row():
+    from u2qt.train.loop import check_batch
+    batch = {"user_index": np.array([7, 8, 9]), "num": np.array([[0.0], [np.nan], [1.0]], np.float32)}
+    with pytest.raises(FloatingPointError, match=r"^step 3: batch key 'num' holds NaN/Inf in batch rows \[1\]$"):
+        check_batch(batch, step=3)
+
+
+def test_synthetic_run_recovers_the_planted_types(tmp_path, compile_cache):
+    """The default synthetic config, halved in users and steps: the first shared code must
+    separate the planted user types (purity >= 0.8)."""
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "default.py"))
+    for key, value in {"data.synthetic_users": "1500", "train.steps": "300", "quantizer.kmeans_at_step": "100",
+                       "train.eval_every": "1000", "train.checkpoint_every": "1000", "train.progress": "False"}.items():
+        config_lib.apply_override(cfg, key, value)
+    summary = train(cfg, tmp_path)
+    assert summary["purity_first_code"] >= 0.8, summary
+    assert min(summary["views"]["shared"]["usage"]) >= 0.9, summary["views"]["shared"]

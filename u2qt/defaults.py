@@ -1,0 +1,173 @@
+"""Every config key, with its default, by the family that reads it.
+
+A config file (``configs/*.py``) starts from one family and changes what differs:
+
+    common()          the train loop, the step, checkpoints (every task)
+    user_tokenizer()  U²QT on users (task "user_tokenizer")
+    item_tokenizer()  the DAS item tokenizer / plain RQ-VAE on item text (task "item_tokenizer")
+    recommender()     SASRec with ID / semantic / unified items (task "recommender")
+
+A family holds only the keys its task reads, so an override of a key the run does not read is
+refused as unknown.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def common(task: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.task = task  # which task the loop runs (u2qt/tasks/core.py: TASKS)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.cache_dir = ""  # text embeddings and example files; "" = <workdir>/cache
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 128  # global, split over the mesh's data axis
+    c.train.steps = 500
+    c.train.lr = 2e-3
+    c.train.warmup_steps = 100
+    c.train.weight_decay = 0.01
+    c.train.clip_norm = 1.0
+    c.train.log_every = 50
+    c.train.eval_every = 250
+    c.train.checkpoint_every = 250
+    c.train.keep_checkpoints = 2
+    c.train.select_metric = ""  # an eval metric to keep the best parameters by ("" = the last ones)
+    c.train.halt_after_step = 0  # >0: stop after this step as if the run were killed (resume tests)
+    c.train.progress = True
+    return c
+
+
+def _quantizer(c: ml_collections.ConfigDict) -> None:
+    """The keys of every codebook stack: the quantizer and the loop's codebook upkeep."""
+    q = c.quantizer = ml_collections.ConfigDict()
+    q.commitment = 0.25  # β of the VQ commitment loss
+    q.rotation_trick = False  # straight-through (False) or rotation-trick gradients
+    q.entropy_weight = 0.0  # weight of the code-usage entropy guard L_H (0 = off)
+    q.entropy_temperature = 0.1  # τ of L_H's soft assignment (relative to the mean distance)
+    q.implementation = "auto"  # nearest-code kernel: auto | reference | chunked | pallas_gpu | pallas_tpu
+    q.kmeans_init = True  # initialise every codebook stack by residual k-means on data
+    q.kmeans_at_step = 150  # ... at this step: the encoders warm up unquantized before it
+    q.kmeans_rows = 4096  # rows (users or items) encoded for the k-means initialisation
+    q.kmeans_iters = 25
+    q.dead_code_fraction = 0.1  # a code is dead below this fraction of the mean usage
+    q.usage_decay = 0.98  # EMA decay of per-step code counts
+    q.reset_every = 50  # steps between dead-code resets (0 = never)
+    q.reset_until = 0.8  # no resets in the last 20% of training, so codes settle
+
+
+def user_tokenizer() -> ml_collections.ConfigDict:
+    c = common("user_tokenizer")
+    d = c.data
+    d.format = "synthetic"  # synthetic | tables (a directory of users/items/events) | movielens
+    d.path = ""  # the data directory for format=tables or movielens
+    d.synthetic_users = 3000
+    d.synthetic_items = 400
+    d.synthetic_types = 8
+    d.max_events = 32  # the last N input events of each user
+    d.holdout = 5  # latest events held out per user for future-behaviour evaluation
+    d.min_input = 5  # hold out only for users who keep at least this many input events
+    d.exclude_user_columns = ()  # attributes the tokenizer must not see (e.g. a downstream target)
+
+    m = c.model = ml_collections.ConfigDict()
+    m.sources = ("tabular", "behaviour", "text")  # the Q-Former's causal order
+    m.dim = 64
+    m.num_heads = 4
+    m.seq_layers = 2
+    m.qformer_layers = 2
+    m.queries_per_source = 4
+    m.shared_dim = 64
+    m.source_dim = 32
+    m.dropout = 0.1
+    m.view_dropout = 0.5  # share of rows whose decoders see only the shared tokens
+
+    _quantizer(c)
+    c.quantizer.shared_levels = 3
+    c.quantizer.shared_codes = 64
+    c.quantizer.source_levels = 2  # each source-specific stack
+    c.quantizer.source_codes = 64
+
+    lo = c.loss = ml_collections.ConfigDict()
+    lo.alpha = 1.0  # weight of L_cf
+    lo.beta = 0.5  # weight of L_align (DAS)
+    lo.w_u2i = 1.0
+    lo.w_u2u = 1.0
+    lo.w_cooc = 0.5
+    lo.temperature = 0.1
+    lo.cooc_buckets = 2048
+    lo.recon_weight = 1.0
+    lo.cf_max_targets = 3  # the last 1..3 input events of a view become its next-item targets
+    lo.cf_num_sampled = 0  # 0 = full softmax over items; >0 = sampled softmax
+    lo.item_dropout = 0.1
+    return c
+
+
+def _lcrec_data(c: ml_collections.ConfigDict) -> None:
+    """The item side of a data set in the LC-Rec layout (NAME.inter.json + NAME.item.json)."""
+    c.data.path = ""
+    c.data.max_description_chars = 2000  # item text: the description is cut here (LC-Rec reader)
+    c.data.max_history = 20  # the protocol's history length (inputs of training sequences too)
+
+
+def item_tokenizer() -> ml_collections.ConfigDict:
+    c = common("item_tokenizer")
+    _lcrec_data(c)
+    m = c.model = ml_collections.ConfigDict()
+    m.mlp_hidden = (512, 256)  # text → latent MLP (decoder mirrored)
+    m.latent_dim = 32  # TIGER: 32
+    m.dim = 64  # the jointly trained SASRec user encoder (u2i alignment)
+    m.num_heads = 2
+    m.seq_layers = 2
+    m.dropout = 0.3
+
+    _quantizer(c)
+    c.quantizer.item_levels = 3
+    c.quantizer.item_codes = 256
+    # Colliding items take the nearest free last-level code of their prefix (LC-Rec); the report
+    # keeps the nearest-code collision rate too. False: nearest codes only.
+    c.quantizer.collision_free_last_level = True
+
+    lo = c.loss = ml_collections.ConfigDict()
+    lo.recon_weight = 1.0
+    lo.beta = 0.1  # weight of L_align (DAS)
+    lo.w_u2i = 1.0
+    lo.w_cooc = 1.0
+    lo.temperature = 0.1
+    return c
+
+
+def recommender() -> ml_collections.ConfigDict:
+    c = common("recommender")
+    _lcrec_data(c)
+    c.data.cold_fraction = 0.0  # cold start: a seeded share of the items removed from training
+    c.data.cold_seed = 0
+
+    m = c.model = ml_collections.ConfigDict()
+    m.item_repr = "unified"  # id | semantic | unified
+    m.codes_path = ""  # "" = codes learned end to end; else a semantic-ID table (parquet, or LETTER json)
+    m.use_dedup_token = True  # fixed codes: append the de-dup token as one more code
+    m.mlp_hidden = (512, 256)  # learned codes: text → item vector MLP (decoder mirrored)
+    m.dim = 64
+    m.num_heads = 2
+    m.seq_layers = 2
+    m.dropout = 0.3
+
+    _quantizer(c)  # learned codes only
+    c.quantizer.item_levels = 3
+    c.quantizer.item_codes = 256
+
+    lo = c.loss = ml_collections.ConfigDict()
+    lo.quant_weight = 1.0
+    lo.recon_weight = 1.0
+    lo.recon_items = 2048  # text reconstruction estimated on this many items per step (0: all)
+
+    c.train.target_capacity = -1  # score the positions with a target only, room sized from the data (0: all)
+    c.train.select_metric = "valid_NDCG@10"
+
+    e = c.eval = ml_collections.ConfigDict()
+    e.batch_size = 512
+    e.popularity_buckets = 3
+    e.top_k = 10  # what the serving function returns
+    return c

@@ -1,1 +1,0 @@
-"""Models: source encoders, causal Q-Former, residual quantizer, U2QT, SASRec, item tokenizer, recommender."""

@@ -1,0 +1,139 @@
+"""DAS item tokenizer: items → semantic IDs (3 codes × 256 by default, + a de-duplication token).
+
+An RQ-VAE over item text (``u2qt/models/rqvae.py``) with the same quantizer, losses and train
+loop as the user tokenizer, plus DAS's alignment terms:
+    z = MLP_enc(x̃)                       x̃: the item's sentence embedding, standardized per dimension
+    (ẑ, codes) = RQ(z)                    one codebook stack "item" (k-means init, dead-code resets by the loop)
+    L_sem   = ||MLP_dec(z_q) - x̃||² / D_x + codebook + β_c·commitment
+    L_align = w_u2i · InfoNCE(user(history), z_q(target))      u2i: a SASRec user encoder trained jointly
+            + w_cooc · InfoNCE(z_q(target), z_q(co-occurring))  i2i: the target's neighbour in a sequence
+    L = L_sem + β · L_align                                     (``u2qt.losses.total_loss``; L_cf is off: α unused)
+Training rows come from the leave-one-out TRAIN part of every sequence only (no validation or
+test item is ever a target, a neighbour or a history item), one row per position: the last
+``data.max_history`` items before it (left-padded), the item, and one of its sequence neighbours
+(the previous or the next one, chosen with the seed; 0 when the sequence has one item).
+
+Collision-free last level (``u2qt.quant.semantic_ids.collision_free_last_level``, config
+``quantizer.collision_free_last_level``;
+LC-Rec's "uniform semantic mapping", Zheng et al. 2024): items whose nearest codes collide are given
+distinct last-level codes within their shared prefix by a minimum-cost assignment on the
+last-level distances, so they keep their prefix and take the nearest free code. The report keeps
+the nearest-code collision rate next to the final one.
+De-duplication (the semantic-ID table's ``dedup`` column): items that still share the full code tuple (a prefix with more
+items than codes) get a 4th token 0, 1, 2, … in item-index order, so every semantic ID is unique
+and the assignment is deterministic.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from u2qt import losses
+from u2qt.data.lcrec import read_lcrec
+from u2qt.data.sequences import leave_one_out, position_examples
+from u2qt.data.text import item_text_table
+from u2qt.models.rqvae import CODEBOOKS, RQVAE
+from u2qt.models.sasrec import SASRec
+from u2qt.quant.codebooks import quantize_on
+from u2qt.quant.semantic_ids import collision_free_last_level
+from u2qt.tasks.core import Encoded, ServingFunction
+
+
+class ItemTextCodes:
+    """``Tokenizes`` for a task whose items get codes from an RQ-VAE over their text (the task
+    holds ``rqvae``, ``cfg`` and ``constants["item_text"]``; its rows are item indices under
+    ``row_key``)."""
+    row_kind = "item"
+    row_key = "target"
+
+    def codebooks(self, params):
+        return {"item": params[CODEBOOKS]}
+
+    def with_codebooks(self, params, books):
+        return dict(params, **({CODEBOOKS: books["item"]} if "item" in books else {}))
+
+    def encode(self, params, batch, constants):
+        z, q = self.rqvae.quantize(params, constants["item_text"][batch[self.row_key]], self.cfg.quantizer)
+        return Encoded({"item": q.codes}, z, {"item": q.residuals})
+
+
+class ItemTokenizerTask(ItemTextCodes):
+    """Items → semantic IDs; capabilities: Tokenizes, Servable."""
+    name = "item_tokenizer"
+    model_keys = ("history", "target", "cooc")
+
+    def __init__(self, cfg, cache_dir: str, log=print):
+        self.cfg = cfg
+        data = read_lcrec(cfg.data.path, max_description_chars=cfg.data.max_description_chars)
+        log(f"data: {data.report.summary()}")
+        self.data = data
+        split = leave_one_out(data.sequences)
+        self.examples = position_examples(split.train, cfg.data.max_history, cfg.seed)
+        self.rows = {"target": np.arange(1, data.num_items + 1, dtype=np.int32)}
+        self.row_ids = list(data.item_ids)
+        self.constants = {"item_text": item_text_table(data.item_texts, cache_dir, standardize=True)}
+        q, m = cfg.quantizer, cfg.model
+        self.stacks = {"item": (q.item_levels, q.item_codes)}
+        self.rqvae = RQVAE(tuple(m.mlp_hidden), m.latent_dim, self.constants["item_text"].shape[1],
+                           q.item_levels, q.item_codes)
+        self.user_encoder = SASRec(num_items=data.num_items, d_model=m.dim, num_layers=m.seq_layers,
+                                   num_heads=m.num_heads, dropout=m.dropout, max_len=cfg.data.max_history)
+        self.user_head = nn.Dense(m.latent_dim)
+        log(f"data: {data.num_items} items, {len(self.examples['target'])} training positions")
+
+    # -------------------------------------------------------------- core
+    def init(self, key, sample, constants):
+        k = jax.random.split(key, 5)
+        params = self.rqvae.init(constants["item_text"][sample["target"]], k[0], k[1], k[4])
+        params["user_encoder"] = self.user_encoder.init(k[2], sample["history"])["params"]
+        params["user_head"] = self.user_head.init(k[3], jnp.zeros((1, self.cfg.model.dim)))["params"]
+        return params
+
+    def _quantize(self, params, items, constants):
+        return self.rqvae.quantize(params, constants["item_text"][items], self.cfg.quantizer)
+
+    def loss(self, params, batch, constants, key, step):
+        c = self.cfg.loss
+        on = quantize_on(step, self.cfg.quantizer)
+        z, q = self._quantize(params, batch["target"], constants)
+        z_c, q_c = self._quantize(params, batch["cooc"], constants)
+        zq = jnp.where(on, q.z_q, z)  # before the k-means init the autoencoder warms up unquantized
+        zq_c = jnp.where(on, q_c.z_q, z_c)
+        recon = self.rqvae.reconstruction_error(params, zq, constants["item_text"][batch["target"]])
+        sem = losses.l_sem({"text": c.recon_weight * recon}, {"item": jnp.where(on, q.loss, 0.0)})
+        hidden = self.user_encoder.apply({"params": params["user_encoder"]}, batch["history"], train=True,
+                                         rngs={"dropout": key})[:, -1]
+        user = self.user_head.apply({"params": params["user_head"]}, hidden)
+        has_user, has_cooc = batch["history"][:, -1] > 0, batch["cooc"] > 0
+        # Rows outside a term's mask can be exactly 0 (empty history, padding item), where the
+        # norm inside InfoNCE has a NaN gradient; they get a constant instead.
+        terms = {"u2i": losses.info_nce(jnp.where(has_user[:, None], user, 1.0), zq, has_user, c.temperature),
+                 "cooc": losses.info_nce(zq, jnp.where(has_cooc[:, None], zq_c, 1.0), has_cooc, c.temperature)}
+        align = losses.l_align(terms, {"u2i": c.w_u2i, "cooc": c.w_cooc})
+        loss = losses.total_loss(sem, 0.0, align, alpha=0.0, beta=c.beta)
+        metrics = {"loss": loss, "l_sem": sem, "l_align": align, "recon": recon, "qloss_item": q.loss,
+                   "qerr_item": q.recon_error, "u2i": terms["u2i"], "i2i": terms["cooc"]}
+        return loss, {"metrics": metrics, "codes": {"item": q.codes}, "residuals": {"item": q.residuals}}
+
+    # -------------------------------------------------------------- Tokenizes (+ ItemTextCodes)
+    def assign_ids(self, params, codes, residuals):
+        """The exported codes: with ``quantizer.collision_free_last_level``, colliding items take
+        the cheapest free last-level code of their prefix (residuals [N, L, D]: the last entry is
+        the last level's input); otherwise the nearest codes."""
+        if not self.cfg.quantizer.collision_free_last_level:
+            return codes
+        last = np.asarray(residuals["item"])[:, -1]
+        return {"item": collision_free_last_level(codes["item"], last, np.asarray(params[CODEBOOKS][-1]))}
+
+    # -------------------------------------------------------------- Servable
+    def serving_functions(self):
+        dim = self.constants["item_text"].shape[1]
+
+        def item_codes(params, constants, text_embedding):
+            _, q = self.rqvae.quantize(params, text_embedding, self.cfg.quantizer)
+            return {"item": q.codes}
+
+        return {"item_codes": ServingFunction(item_codes, {"text_embedding": ((None, dim), np.float32)},
+                                              "an item's standardized text embedding → its nearest codes")}

@@ -1,0 +1,178 @@
+"""Codebook upkeep for tokenizer tasks: the loop runs this only when a task ``Tokenizes``.
+
+In the step (``upkeep``): an EMA of each stack's code counts, and every ``quantizer.reset_every``
+steps (after the k-means step, before ``reset_until`` of training) codes whose usage fell below
+``dead_code_fraction`` of the mean move onto residuals of the batch.
+Around the step (``CodebookHook``): the k-means initialisation of every stack at
+``quantizer.kmeans_at_step``, code health at each evaluation, and at the end the exported IDs
+(``semantic_ids.parquet``), ``codebooks.npz``, the continuous representations and the code part of
+the summary.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from u2qt import config as config_lib
+from u2qt.data.pipeline import iterate_in_order
+from u2qt.quant import codebooks as cb
+from u2qt.quant import residual as rq
+from u2qt.quant import stats
+from u2qt.quant.semantic_ids import FILENAME, SemanticIds
+
+
+def initial_usage(task, cfg) -> dict:
+    """Every code starts at the mean usage (batch_size / K per step), so none is dead at once."""
+    b = cfg.train.batch_size
+    return {view: jnp.full((levels, k), b / k, jnp.float32) for view, (levels, k) in task.stacks.items()}
+
+
+def upkeep(task, cfg, state: dict, aux: dict, step, key) -> tuple[dict, dict]:
+    """Usage EMA and dead-code resets of every stack, after the optimizer update of ``step``."""
+    qc = cfg.quantizer
+    do_reset = ((qc.reset_every > 0) & ((step + 1) % max(qc.reset_every, 1) == 0) & cb.quantize_on(step, qc)
+                & (step + 1 <= qc.reset_until * cfg.train.steps))
+    books = task.codebooks(state["params"])
+    new_books, usage, metrics = {}, {}, {}
+    for i, (view, (_, k)) in enumerate(task.stacks.items()):
+        counts = cb.code_counts(aux["codes"][view], k)
+        ema = qc.usage_decay * state["usage"][view] + (1 - qc.usage_decay) * counts
+        mean_usage = cfg.train.batch_size / k
+        revived, dead = cb.reset_dead_codes(books[view], ema, aux["residuals"][view],
+                                            jax.random.fold_in(key, 1000 + i),
+                                            threshold=qc.dead_code_fraction * mean_usage)
+        new_books[view] = jnp.where(do_reset, revived, books[view])
+        usage[view] = jnp.where(do_reset & dead, mean_usage, ema)
+        metrics[f"dead_{view}"] = jnp.mean(dead)
+    return dict(state, params=task.with_codebooks(state["params"], new_books), usage=usage), metrics
+
+
+class CodebookHook:
+    """What the loop does around the step for a tokenizer task (see the module docstring)."""
+
+    def __init__(self, task, cfg, rows_source, constants, placement, log=print):
+        self.task, self.cfg, self.source, self.constants = task, cfg, rows_source, constants
+        self.placement, self.log = placement, log
+        self.sizes = {view: k for view, (_, k) in task.stacks.items()}
+        self.kmeans_step = cb.kmeans_step(cfg.quantizer) if cfg.quantizer.kmeans_init else None
+        self._encode = jax.jit(task.encode)
+
+    def encode_rows(self, params, limit: int | None = None):
+        """Codes {view: [N, L]}, continuous vectors [N, D] and residuals {view: [N, L, D]} of
+        every row to tokenize (or the first ``limit``), in table order."""
+        codes, conts, res = [], [], []
+        seen = 0
+        p = self.placement
+        for batch in iterate_in_order(self.source, self.cfg.train.batch_size):
+            valid = batch.pop("valid")
+            c, h, r = self._encode(params, p.to_device(batch, self.task.model_keys), self.constants)
+            codes.append({v: p.to_host(x)[valid] for v, x in c.items()})
+            conts.append(p.to_host(h)[valid])
+            res.append({v: p.to_host(x)[valid] for v, x in r.items()})
+            seen += int(valid.sum())
+            if limit and seen >= limit:
+                break
+        join = lambda parts: {v: np.concatenate([q[v] for q in parts]) for v in self.task.stacks}
+        return join(codes), np.concatenate(conts), join(res)
+
+    # ------------------------------------------------------------------ before a step
+    def before_step(self, state: dict, step: int) -> dict:
+        if step != self.kmeans_step:
+            return state
+        return self.kmeans_init(state)
+
+    def kmeans_init(self, state: dict) -> dict:
+        """Every codebook stack ← residual k-means on the current encodings of (up to
+        ``quantizer.kmeans_rows``) rows. Runs once, at step ``quantizer.kmeans_at_step``: before it
+        the encoders warm up unquantized, so the codebooks start where trained encodings are."""
+        qc = self.cfg.quantizer
+        t0 = time.time()
+        _, _, residuals = self.encode_rows(state["params"], limit=qc.kmeans_rows)
+        books = self.task.codebooks(state["params"])
+        key = jax.random.fold_in(jax.random.key(self.cfg.seed), 10_000_019)
+        devices = len(self.placement.devices)
+        new_books = {}
+        for i, (view, k) in enumerate(self.sizes.items()):
+            usable = min(len(residuals[view]), qc.kmeans_rows) // devices * devices
+            z = jnp.asarray(residuals[view][:usable, 0])  # level-0 input = the view's vector
+            if z.shape[0] < k:
+                raise config_lib.ConfigError(
+                    f"k-means init: {z.shape[0]} rows cannot initialise {k} codes of view {view!r}; "
+                    f"lower the codes per level of that stack (config quantizer.*_codes)")
+            fitted = cb.residual_kmeans(z, books[view].shape[0], k, jax.random.fold_in(key, i),
+                                        iters=qc.kmeans_iters, implementation=rq.implementation(qc))
+            new_books[view] = jax.device_put(fitted.astype(books[view].dtype), self.placement.replicated)
+        self.log(f"k-means init of {len(self.sizes)} codebook stacks at step {int(state['step'])} "
+                 f"on {usable} rows: {time.time() - t0:.1f}s")
+        return dict(state, params=self.task.with_codebooks(state["params"], new_books))
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, params) -> dict:
+        """Usage and perplexity of every level, and the primary view's collision rate."""
+        codes, _, _ = self.encode_rows(params)
+        first = next(iter(codes))
+        out = {f"collision_rate_{first}": stats.collision_rate(codes[first])}
+        for view, c in codes.items():
+            u = stats.code_usage(c, self.sizes[view])
+            for level, (used, ppl) in enumerate(zip(u["usage"], u["perplexity"])):
+                out[f"usage_{view}_{level}"] = used
+                out[f"perplexity_{view}_{level}"] = ppl
+        return out
+
+    # ------------------------------------------------------------------ end of the run
+    def finish(self, params, workdir: str) -> tuple[dict, dict]:
+        """Encodes every row with the final parameters, turns the nearest codes into the exported
+        IDs (the task's ``assign_ids``, if any), writes them, and returns (summary part, codes)."""
+        task = self.task
+        nearest, continuous, residuals = self.encode_rows(params)
+        assign = getattr(task, "assign_ids", None)
+        exported = assign(params, nearest, residuals) if assign else nearest
+        books = {v: np.asarray(b) for v, b in task.codebooks(params).items()}
+        rel_err = {}
+        for view, r in residuals.items():
+            z = r[:, 0]
+            z_hat = np.asarray(rq.decode_codes(jnp.asarray(exported[view]), jnp.asarray(books[view])))
+            rel_err[view] = float(np.sum((z - z_hat) ** 2) / max(np.sum(z ** 2), 1e-12))
+        table = SemanticIds(task.row_ids, exported, self.sizes, task.row_kind)
+        summary = summarize(exported, self.sizes, continuous.shape[1], rel_err, getattr(task, "labels", None))
+        summary["ids"] = {k: v for k, v in table.collision_stats().items() if k != "collision_rate"}
+        if assign:
+            first = table.primary_view
+            summary["ids"]["nearest_collision_rate"] = stats.collision_rate(nearest[first])
+            summary["ids"]["moved_to_a_free_code"] = float(np.mean(np.any(exported[first] != nearest[first], 1)))
+        if jax.process_index() == 0:
+            table.write(os.path.join(workdir, FILENAME))
+            np.savez(os.path.join(workdir, "codebooks.npz"), **books)
+            np.save(os.path.join(workdir, "representations.npy"), continuous.astype(np.float32))
+        return summary, exported
+
+
+def summarize(codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int], continuous_dim: int,
+              relative_errors: dict[str, float], labels: np.ndarray | None = None) -> dict:
+    """The code part of the end-of-run numbers. The first view is the primary one (U²QT: the
+    shared stack): its collision rate and the purity of its first code w.r.t. planted labels."""
+    views = {}
+    token_bits = 0
+    for view, codes in codes_by_view.items():
+        s = stats.code_usage(codes, num_codes[view])
+        s["relative_quantization_error"] = relative_errors[view]
+        views[view] = s
+        token_bits += codes.shape[1] * stats.bits_per_code(num_codes[view])
+    primary = next(iter(codes_by_view.values()))
+    summary = {
+        "rows": int(len(primary)),  # users or items, one semantic ID each
+        "views": views,
+        "primary_view": next(iter(codes_by_view)),
+        "collision_rate": stats.collision_rate(primary),
+        "collision_rate_all_views": stats.collision_rate(np.concatenate(list(codes_by_view.values()), 1)),
+        "bytes_per_row_tokens": token_bits / 8,
+        "bytes_per_row_float32": continuous_dim * 4,
+    }
+    summary["compression_x"] = summary["bytes_per_row_float32"] / summary["bytes_per_row_tokens"]
+    if labels is not None:
+        summary["purity_first_code"] = stats.purity(primary[:, 0], labels)
+    return summary
