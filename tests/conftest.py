@@ -17,6 +17,13 @@ def compile_cache(tmp_path_factory):
     return path
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``heavy`` (whole training runs, minutes each) run first, so that with
+    ``-n 2`` (the README's test command) the two workers share them instead of one worker
+    finishing them alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 def shared_data(name: str) -> str:
     path = os.path.join(SHARED_DATA, name)
     if not os.path.isdir(path):

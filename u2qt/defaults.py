@@ -22,6 +22,9 @@ def common(task: str) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.cache_dir = ""  # text embeddings and example files; "" = <workdir>/cache
+    # Training rows up to this size live on the devices and each step draws its batch there;
+    # larger data stream through grain from array_record files (u2qt/train/batches.py).
+    c.data.device_mb = 1024.0
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128  # global, split over the mesh's data axis

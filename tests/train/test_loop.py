@@ -38,6 +38,7 @@ def finished_run(tmp_path_factory, compile_cache):
     return workdir, summary
 
 
+@pytest.mark.heavy
 def test_run_writes_tokens_codebooks_metrics_summary_and_plot(finished_run):
     workdir, summary = finished_run
     for name in ("config.json", "dataset_spec.json", "semantic_ids.parquet", "codebooks.npz", "summary.json",
@@ -90,6 +91,7 @@ def test_workdir_with_another_config_is_refused(finished_run):
         train(runlocal(**{"train.lr": 0.5}), workdir)
 
 
+@pytest.mark.heavy
 def test_killed_and_resumed_run_ends_with_the_same_parameters(tmp_path, finished_run):
     # Halt after step 25: past the k-means init (step 10) and a dead-code reset (step 20),
     # mid-way between checkpoints, so the data iterator state and RNG must both be restored.
@@ -105,6 +107,26 @@ def test_killed_and_resumed_run_ends_with_the_same_parameters(tmp_path, finished
     np.testing.assert_allclose(a_repr, b_repr, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.heavy
+def test_streamed_data_train_and_resume_exactly(tmp_path, compile_cache, capsys):
+    """Data over ``data.device_mb`` stream through grain from array_record files (the path for
+    data larger than memory); the iterator's position is checkpointed, so a killed run resumes
+    to the same parameters as a straight one."""
+    streamed = {"data.device_mb": 0.0, "train.steps": 16, "quantizer.kmeans_at_step": 4,
+                "quantizer.reset_every": 4, "train.eval_every": 100, "train.checkpoint_every": 8}
+    train(runlocal(**streamed), tmp_path / "straight")
+    assert "stream through grain" in capsys.readouterr().out
+    assert os.path.isdir(tmp_path / "straight" / "cache" / "tfds")
+    train(runlocal(**streamed, **{"train.halt_after_step": 11}), tmp_path / "halted")
+    train(runlocal(**streamed, **{"train.halt_after_step": 11}), tmp_path / "halted")
+    a_books, a_repr = final_params(tmp_path / "straight")
+    b_books, b_repr = final_params(tmp_path / "halted")
+    for view in a_books:
+        np.testing.assert_allclose(a_books[view], b_books[view], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a_repr, b_repr, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.heavy
 def test_eight_devices_match_one(tmp_path, compile_cache):
     script = (
         "import sys, os; sys.path.insert(0, os.path.join(sys.argv[1], 'tests'))\n"
@@ -126,6 +148,7 @@ def test_eight_devices_match_one(tmp_path, compile_cache):
     np.testing.assert_allclose(results[1][1], results[8][1], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.heavy
 def test_movielens_builds_and_trains_a_few_steps(tmp_path, compile_cache):
     path = shared_data("movielens-1m")
     cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "movielens.py:runlocal"))
@@ -183,6 +206,7 @@ def test_nan_in_a_batch_is_reported_with_its_row():
         check_batch(batch, step=3)
 
 
+@pytest.mark.heavy
 def test_synthetic_run_recovers_the_planted_types(tmp_path, compile_cache):
     """The default synthetic config, halved in users and steps: the first shared code must
     separate the planted user types (purity >= 0.8)."""

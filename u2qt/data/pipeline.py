@@ -85,3 +85,11 @@ def iterate_in_order(
     zeros, and the boolean key `valid` marks the real examples (for export and evaluation)."""
     ds = grain.MapDataset.source(source).batch(batch_size).map(lambda b: _pad_batch(b, batch_size))
     return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch)))
+
+
+def in_order_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """``iterate_in_order`` for rows already in memory: numpy slices, no reader threads."""
+    n = len(next(iter(arrays.values())))
+    for start in range(0, n, batch_size):
+        yield _pad_batch({k: np.asarray(v[start:start + batch_size]) for k, v in arrays.items()}, batch_size)
+

@@ -17,13 +17,16 @@ def manager(directory: str, keep: int) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_iter, *, force: bool = False) -> None:
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            data_iter=grain.checkpoint.CheckpointSave(data_iter)),
-              force=force)
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iter=None, *, force: bool = False) -> None:
+    """The state (which holds the data order when batches are drawn on device) and, when the
+    data stream through grain, the iterator's position."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter):
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter=None):
     """(state, step) from the newest complete checkpoint, or (None, None) if there is none.
 
     ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with shardings: arrays come back
@@ -32,9 +35,10 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter):
     step = mngr.latest_step()
     if step is None:
         return None, None
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], step
 
 

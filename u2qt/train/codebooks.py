@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from u2qt import config as config_lib
-from u2qt.data.pipeline import iterate_in_order
+from u2qt.data.pipeline import in_order_batches
 from u2qt.quant import codebooks as cb
 from u2qt.quant import residual as rq
 from u2qt.quant import stats
@@ -54,12 +54,18 @@ def upkeep(task, cfg, state: dict, aux: dict, step, key) -> tuple[dict, dict]:
 class CodebookHook:
     """What the loop does around the step for a tokenizer task (see the module docstring)."""
 
-    def __init__(self, task, cfg, rows_source, constants, placement, log=print):
-        self.task, self.cfg, self.source, self.constants = task, cfg, rows_source, constants
+    ENCODE_ROWS = 2048  # rows encoded per call (a multiple of the batch size): few calls, one program
+
+    def __init__(self, task, cfg, constants, placement, log=print):
+        self.task, self.cfg, self.constants = task, cfg, constants
         self.placement, self.log = placement, log
+        self.rows = {k: v for k, v in task.rows.items() if k in task.model_keys}
         self.sizes = {view: k for view, (_, k) in task.stacks.items()}
-        self.kmeans_step = cb.kmeans_step(cfg.quantizer) if cfg.quantizer.kmeans_init else None
+        self.kmeans_step = cfg.quantizer.kmeans_at_step if cfg.quantizer.kmeans_init else None
+        b = cfg.train.batch_size
+        self.encode_batch = b * max(1, self.ENCODE_ROWS // b)
         self._encode = jax.jit(task.encode)
+        self._kmeans = jax.jit(cb.residual_kmeans, static_argnums=(1, 2), static_argnames=("iters", "implementation"))
 
     def encode_rows(self, params, limit: int | None = None):
         """Codes {view: [N, L]}, continuous vectors [N, D] and residuals {view: [N, L, D]} of
@@ -67,9 +73,9 @@ class CodebookHook:
         codes, conts, res = [], [], []
         seen = 0
         p = self.placement
-        for batch in iterate_in_order(self.source, self.cfg.train.batch_size):
+        for batch in in_order_batches(self.rows, self.encode_batch):
             valid = batch.pop("valid")
-            c, h, r = self._encode(params, p.to_device(batch, self.task.model_keys), self.constants)
+            c, h, r = self._encode(params, p.to_device(batch, self.rows, self.encode_batch), self.constants)
             codes.append({v: p.to_host(x)[valid] for v, x in c.items()})
             conts.append(p.to_host(h)[valid])
             res.append({v: p.to_host(x)[valid] for v, x in r.items()})
@@ -103,8 +109,8 @@ class CodebookHook:
                 raise config_lib.ConfigError(
                     f"k-means init: {z.shape[0]} rows cannot initialise {k} codes of view {view!r}; "
                     f"lower the codes per level of that stack (config quantizer.*_codes)")
-            fitted = cb.residual_kmeans(z, books[view].shape[0], k, jax.random.fold_in(key, i),
-                                        iters=qc.kmeans_iters, implementation=rq.implementation(qc))
+            fitted = self._kmeans(z, books[view].shape[0], k, jax.random.fold_in(key, i),
+                                  iters=qc.kmeans_iters, implementation=rq.implementation(qc))
             new_books[view] = jax.device_put(fitted.astype(books[view].dtype), self.placement.replicated)
         self.log(f"k-means init of {len(self.sizes)} codebook stacks at step {int(state['step'])} "
                  f"on {usable} rows: {time.time() - t0:.1f}s")
@@ -140,9 +146,13 @@ class CodebookHook:
         table = SemanticIds(task.row_ids, exported, self.sizes, task.row_kind)
         summary = summarize(exported, self.sizes, continuous.shape[1], rel_err, getattr(task, "labels", None))
         summary["ids"] = {k: v for k, v in table.collision_stats().items() if k != "collision_rate"}
+        recon = getattr(task, "reconstruction_error", None)
+        if recon:
+            summary["reconstruction_mse"] = recon(params, exported, self.constants)
         if assign:
             first = table.primary_view
             summary["ids"]["nearest_collision_rate"] = stats.collision_rate(nearest[first])
+            summary["ids"]["nearest_distinct_ids"] = int(len(np.unique(nearest[first], axis=0)))
             summary["ids"]["moved_to_a_free_code"] = float(np.mean(np.any(exported[first] != nearest[first], 1)))
         if jax.process_index() == 0:
             table.write(os.path.join(workdir, FILENAME))

@@ -26,6 +26,7 @@ from u2qt import files
 from u2qt.data.pipeline import make_train_iterator
 from u2qt.data.tfds_builder import build_data_source, examples_fingerprint
 from u2qt.tasks.core import Evaluates, Tokenizes, make_task
+from u2qt.train import batches as batches_lib
 from u2qt.train import checkpoint, report
 from u2qt.train.codebooks import CodebookHook
 from u2qt.train.sharding import Placement
@@ -62,8 +63,9 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         task.write_spec(workdir)
     tokenizer = isinstance(task, Tokenizes)
     evaluates = isinstance(task, Evaluates)
-    tfds_dir = os.path.join(cache_dir, "tfds")
-    train_source = build_data_source(task.examples, tfds_dir, examples_fingerprint(task.examples))
+    model_examples = {k: v for k, v in task.examples.items() if k in task.model_keys}
+    on_device = batches_lib.use_device(model_examples, task.model_keys, cfg.data.device_mb)
+    rows, mib = len(next(iter(model_examples.values()))), batches_lib.nbytes(model_examples, task.model_keys) / 2**20
 
     # ------------------------------------------------------------------ mesh
     placement = Placement(cfg.train.batch_size)
@@ -74,13 +76,25 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         raise config_lib.ConfigError(
             f"config train.batch_size={cfg.train.batch_size} must be a multiple of the {len(devices)} devices")
     constants = {k: jax.device_put(jnp.asarray(v), placement.replicated) for k, v in task.constants.items()}
+    if on_device:  # batches are drawn on the devices: one check of every row now, none per step
+        batches_lib.check_finite(model_examples, task.row_ids if tokenizer and task.rows is task.examples else None)
+        batches = batches_lib.DeviceBatches(model_examples, task.model_keys, cfg.train.batch_size, cfg.seed, placement)
+        log(f"data: {rows:,} training rows ({mib:.2f} MiB) on the device(s); batches are drawn there")
+    else:
+        train_source = build_data_source(task.examples, os.path.join(cache_dir, "tfds"),
+                                         examples_fingerprint(task.examples))
+        log(f"data: {rows:,} training rows ({mib:.1f} MiB > data.device_mb={cfg.data.device_mb}) stream "
+            f"through grain from array_record files")
 
     # ------------------------------------------------------------------ model, optimizer, state
     tx = make_optimizer(cfg, task)
     # Shapes only; as many rows as devices so kernels under shard_map can split it.
     sample = {k: np.asarray(v[:max(2, len(devices))]) for k, v in task.examples.items() if k in task.model_keys}
     root_key = jax.random.key(cfg.seed)
-    init = lambda key: init_state(task, tx, cfg, key, sample, constants)
+    def init(key):
+        state = init_state(task, tx, cfg, key, sample, constants)
+        return dict(state, data=batches.initial_state()) if on_device else state
+
     abstract = jax.eval_shape(init, root_key)
     state_shardings = jax.tree.map(lambda _: placement.replicated, abstract)
     state = jax.jit(init, out_shardings=state_shardings)(root_key)
@@ -88,27 +102,30 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     log(f"model: {num_params:,} parameters on {len(devices)} {devices[0].platform} device(s)")
 
     # ------------------------------------------------------------------ data iterator, restore
-    train_iter = make_train_iterator(train_source, global_batch_size=cfg.train.batch_size, seed=cfg.seed,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
+    train_iter = None if on_device else make_train_iterator(
+        train_source, global_batch_size=cfg.train.batch_size, seed=cfg.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
     mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), cfg.train.keep_checkpoints)
     restored, restored_step = checkpoint.restore_latest(mngr, checkpoint.abstract_like(state), train_iter)
     if restored is not None:
         state = restored
         log(f"resumed from the checkpoint of step {restored_step}")
-    hook = None
-    if tokenizer:
-        rows_source = train_source if task.rows is task.examples else build_data_source(
-            task.rows, tfds_dir, examples_fingerprint(task.rows))
-        hook = CodebookHook(task, cfg, rows_source, constants, placement, log)
+    hook = CodebookHook(task, cfg, constants, placement, log) if tokenizer else None
 
     # ------------------------------------------------------------------ train step, compiled once
     t0 = time.time()
-    batch_abstract = {k: jax.ShapeDtypeStruct((cfg.train.batch_size,) + v.shape[1:], v.dtype, sharding=placement.batch)
-                      for k, v in task.examples.items() if k in task.model_keys}
-    step_fn = jax.jit(make_train_step(task, tx, cfg),
-                      in_shardings=(state_shardings, {k: placement.batch for k in task.model_keys}, placement.replicated),
+    train_step = make_train_step(task, tx, cfg)
+    if on_device:
+        step_inputs = batches.arrays
+        train_step = batches_lib.with_device_batches(train_step, batches)
+        data_shardings = jax.tree.map(lambda _: placement.replicated, step_inputs)
+    else:
+        step_inputs = {k: jax.ShapeDtypeStruct((cfg.train.batch_size,) + v.shape[1:], v.dtype, sharding=placement.batch)
+                       for k, v in model_examples.items()}
+        data_shardings = {k: placement.batch for k in task.model_keys}
+    step_fn = jax.jit(train_step, in_shardings=(state_shardings, data_shardings, placement.replicated),
                       out_shardings=(state_shardings, placement.replicated), donate_argnums=(0,)).lower(
-        checkpoint.abstract_like(state), batch_abstract, constants).compile()
+        checkpoint.abstract_like(state), step_inputs, constants).compile()
     memory = step_fn.memory_analysis()
     log(f"train step compiled in {time.time() - t0:.1f}s" + (
         f"; per device: arguments {memory.argument_size_in_bytes / 2**20:.1f} MiB, "
@@ -148,9 +165,12 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     for step in range(start, steps):
         if hook:
             state = hook.before_step(state, step)
-        local = next(train_iter)
-        check_batch(local, step)
-        state, metrics = step_fn(state, placement.local_to_device(local, task.model_keys), constants)
+        if on_device:
+            state, metrics = step_fn(state, step_inputs, constants)
+        else:
+            local = next(train_iter)
+            check_batch(local, step)
+            state, metrics = step_fn(state, placement.local_to_device(local, task.model_keys), constants)
         done = step + 1
         if done % cfg.train.log_every == 0 or done == steps:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}

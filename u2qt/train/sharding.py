@@ -23,11 +23,11 @@ class Placement:
     def replicate(self, tree):
         return jax.device_put(tree, jax.tree.map(lambda _: self.replicated, tree))
 
-    def to_device(self, host_batch: dict, keys) -> dict:
+    def to_device(self, host_batch: dict, keys, batch_size: int | None = None) -> dict:
         """A global batch that every process holds whole → a batch sharded over "data"; each
         process contributes its own slice."""
         count, index = jax.process_count(), jax.process_index()
-        share = self.batch_size // count
+        share = (batch_size or self.batch_size) // count
         return {k: jax.make_array_from_process_local_data(self.batch, np.asarray(v[index * share:(index + 1) * share]))
                 for k, v in host_batch.items() if k in keys}
 
