@@ -1,5 +1,6 @@
 """Item semantic IDs and the unified ID + semantic recommender on Amazon 2014 (LC-Rec layout).
 
+  python train.py --config configs/amazon.py:beauty,rqvae    --workdir runs/beauty_rqvae
   python train.py --config configs/amazon.py:beauty,items    --workdir runs/beauty_items
   python train.py --config configs/amazon.py:beauty,id       --workdir runs/beauty_id
   python train.py --config configs/amazon.py:beauty,semantic --workdir runs/beauty_semantic
@@ -7,7 +8,12 @@
   python train.py --config configs/amazon.py:beauty,unified,coldstart --workdir runs/beauty_unified_cold
 Variants, comma-separated:
   beauty | office      the data set (data.path = ../shared/data/amazon-<name>-2014)
-  items                the DAS item tokenizer (task item_tokenizer): item → 3 codes × 256 + de-dup token
+  rqvae                a plain RQ-VAE item tokenizer (TIGER's, and RQ-VAE-Recommender's: 384→512→256→128→32
+                       MLP, 3 codes × 256, commitment 0.25, k-means init, AdamW 1e-3, batch 512, 2,000
+                       steps, L2-normalised text, reconstruction summed over dimensions): the
+                       yardstick configuration, trained on the item table
+  items                the DAS item tokenizer (task item_tokenizer): item → 3 codes × 256 + de-dup token,
+                       with u2i / i2i alignment (trained on sequence positions)
   id | semantic | unified   the recommender (task recommender) with that item representation;
                        semantic and unified learn their codes end to end (Lin et al.) unless
                        --config.model.codes_path=<tokenizer run>/semantic_ids.parquet gives fixed ones
@@ -25,10 +31,10 @@ DATASETS = {"beauty": "../shared/data/amazon-beauty-2014", "office": "../shared/
 
 def get_config(arg=None):
     v = config_lib.variants(arg, "configs/amazon.py",
-                            choose={"data set": tuple(DATASETS), "kind": ("items", "id", "semantic", "unified")},
+                            choose={"data set": tuple(DATASETS), "kind": ("rqvae", "items", "id", "semantic", "unified")},
                             flags=("coldstart", "runlocal"))
     dataset, kind = v["data set"] or "beauty", v["kind"] or "unified"
-    if kind == "items":
+    if kind in ("items", "rqvae"):
         c = defaults.item_tokenizer()
         c.train.steps = 2000
         c.train.warmup_steps = 100
@@ -54,6 +60,16 @@ def get_config(arg=None):
     c.quantizer.kmeans_iters = 30
     c.quantizer.kmeans_at_step = 200
     c.quantizer.reset_every = 100
+    if kind == "rqvae":
+        c.loss.beta = 0.0  # no alignment: no SASRec, no co-occurrence rows; rows are the items
+        # The peer's job exactly: L2-normalised text embeddings and the reconstruction error summed
+        # over the 384 dimensions (u2qt's loss averages them; the weight restores the sum).
+        c.data.text_norm = "l2"
+        c.loss.recon_weight = 384.0
+        c.model.mlp_hidden = (512, 256, 128)
+        c.train.batch_size = 512
+        c.train.weight_decay = 1e-4
+        c.quantizer.kmeans_at_step = 0  # k-means on the first encodings, as the peer does
 
     if v["runlocal"]:
         c.data.max_description_chars = 100  # short texts: the sentence encoder runs in seconds

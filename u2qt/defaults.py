@@ -112,6 +112,7 @@ def _lcrec_data(c: ml_collections.ConfigDict) -> None:
     c.data.path = ""
     c.data.max_description_chars = 2000  # item text: the description is cut here (LC-Rec reader)
     c.data.max_history = 20  # the protocol's history length (inputs of training sequences too)
+    c.data.text_norm = "standardize"  # item text embeddings: standardize | l2 | none
 
 
 def item_tokenizer() -> ml_collections.ConfigDict:

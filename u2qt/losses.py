@@ -77,11 +77,12 @@ def info_nce(anchor: jax.Array, positive: jax.Array, mask: jax.Array, temperatur
 def item_overlap(items: jax.Array, num_buckets: int) -> jax.Array:
     """How many items each pair of users shares: [B, B] from item indices [B, N] (0 = pad).
 
-    Items are hashed into ``num_buckets`` so the cost does not grow with the catalogue.
+    Items are hashed into ``num_buckets`` so the cost does not grow with the catalogue; each
+    user's bag is built by a scatter (no [B, N, buckets] one-hot).
     """
-    buckets = jnp.where(items > 0, items % num_buckets, -1)
-    bag = jnp.sum(jax.nn.one_hot(buckets, num_buckets, dtype=jnp.float32), axis=1)  # pad → all-zero row
-    bag = jnp.minimum(bag, 1.0)
+    rows = jnp.arange(items.shape[0])[:, None]
+    buckets = jnp.where(items > 0, items % num_buckets, num_buckets)  # padding → a spare bucket, dropped
+    bag = jnp.zeros((items.shape[0], num_buckets + 1), jnp.float32).at[rows, buckets].set(1.0)[:, :num_buckets]
     return bag @ bag.T
 
 

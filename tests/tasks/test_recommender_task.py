@@ -73,7 +73,7 @@ def test_semantic_with_fixed_codes_from_a_semantic_id_table(tmp_path, compile_ca
     from u2qt.quant.semantic_ids import SemanticIds
     from u2qt.train.loop import run
     items = read_lcrec(data, max_description_chars=100)
-    text = item_text_table(items.item_texts, TEXT_CACHE, standardize=True)[1:]
+    text = item_text_table(items.item_texts, TEXT_CACHE, norm="standardize")[1:]
     books = residual_kmeans(jax.numpy.asarray(text), 3, 32, jax.random.key(0), iters=10)
     codes, _ = assign_residual(jax.numpy.asarray(text), books)
     path = str(tmp_path / "semantic_ids.parquet")

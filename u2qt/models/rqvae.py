@@ -26,6 +26,7 @@ class RQVAE:
     input_dim: int
     levels: int
     codes: int
+    decoder_on: bool = True  # False: no decoder (a model whose loss does not reconstruct)
 
     @property
     def encoder(self) -> MLP:
@@ -36,9 +37,11 @@ class RQVAE:
         return MLP(tuple(reversed(self.hidden)) + (self.input_dim,))
 
     def init(self, x: jax.Array, encoder_key, decoder_key, codebook_key) -> dict:
-        return {"encoder": self.encoder.init(encoder_key, x)["params"],
-                "decoder": self.decoder.init(decoder_key, jnp.zeros((1, self.latent_dim)))["params"],
-                CODEBOOKS: 0.1 * jax.random.normal(codebook_key, (self.levels, self.codes, self.latent_dim))}
+        params = {"encoder": self.encoder.init(encoder_key, x)["params"],
+                  CODEBOOKS: 0.1 * jax.random.normal(codebook_key, (self.levels, self.codes, self.latent_dim))}
+        if self.decoder_on:
+            params["decoder"] = self.decoder.init(decoder_key, jnp.zeros((1, self.latent_dim)))["params"]
+        return params
 
     def quantize(self, params, x: jax.Array, qcfg) -> tuple[jax.Array, rq.QuantizeOutput]:
         """(z [B, latent], the quantizer's output) of inputs x [B, D_x]."""

@@ -33,9 +33,19 @@ class ModelSpec(NamedTuple):
     text_dim: int
 
 
+def active_terms(cfg) -> dict[str, bool]:
+    """Which parts of the objective a config switches on; the model builds and runs only those
+    (a term with weight 0 costs nothing: not its parameters, not its compute)."""
+    lc = cfg.loss
+    align = lc.beta > 0
+    return {"recon": lc.recon_weight > 0, "cf": lc.alpha > 0,
+            "u2i": align and lc.w_u2i > 0 and "behaviour" in tuple(cfg.model.sources),
+            "u2u": align and lc.w_u2u > 0, "cooc": align and lc.w_cooc > 0}
+
+
 class U2QT(nn.Module):
     spec: ModelSpec
-    cfg: Any  # the config's ``model`` and ``quantizer`` sections (ConfigDict or dataclass)
+    cfg: Any  # the config's ``model``, ``quantizer`` and ``loss`` sections (ConfigDict or dataclass)
 
     def setup(self):
         m, q = self.cfg.model, self.cfg.quantizer
@@ -84,7 +94,7 @@ class U2QT(nn.Module):
         h = self.shared_proj(shared)
         views = {s: self.view_proj[s](groups[:, i]) for i, s in enumerate(self.sources)}
         behaviour_repr = None
-        if beh_tokens is not None:
+        if beh_tokens is not None and active_terms(self.cfg)["u2i"]:
             behaviour_repr = self.behaviour_proj(masked_mean(beh_tokens, beh_mask, axis=1))
         return h, views, behaviour_repr
 
@@ -126,13 +136,18 @@ class U2QT(nn.Module):
         return preds
 
     def __call__(self, view: dict, item_text: jax.Array, deterministic: bool = True, mask=None, quantize_on=True):
+        """What the objective reads: the representations, their quantization, and (when their
+        term is on) the reconstructions and the L_cf query."""
+        terms = active_terms(self.cfg)
         h, views, behaviour_repr = self.encode(view, item_text, deterministic)
         quantized = self.quantize(h, views, mask, quantize_on)
-        return {
-            "h": h, "views": views, "behaviour_repr": behaviour_repr, "quantized": quantized,
-            "recon": self.decode(quantized, deterministic), "cf_query": self.cf_proj(quantized["shared"].z_q),
-            "item_table": self.behaviour.item_table(),
-        }
+        out = {"h": h, "views": views, "behaviour_repr": behaviour_repr, "quantized": quantized,
+               "item_table": self.behaviour.item_table()}
+        if terms["recon"]:
+            out["recon"] = self.decode(quantized, deterministic)
+        if terms["cf"]:
+            out["cf_query"] = self.cf_proj(quantized["shared"].z_q)
+        return out
 
     def tokens(self, view: dict, item_text: jax.Array):
         """Export path: codes {view: [B, L]}, the continuous vectors [B, D_shared + S·D_source]

@@ -68,6 +68,9 @@ class Tokenizes(Protocol):
     # labels: np.ndarray | None                                  planted labels of the rows (purity)
     # def assign_ids(self, params, codes, residuals) -> codes    exported codes from the nearest
     #                                                            ones (e.g. a collision-free last level)
+    # def reconstruction_error(self, params, codes, constants) -> float
+    #                                                            MSE per element of the input decoded
+    #                                                            from the exported codes (summary)
 
 
 @runtime_checkable

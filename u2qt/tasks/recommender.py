@@ -167,9 +167,10 @@ class LearnedCodesRecommenderTask(ItemTextCodes, RecommenderTask):
 
     def _make_sasrec(self, cache_dir) -> SASRec:
         m, q = self.cfg.model, self.cfg.quantizer
-        self.constants["item_text"] = item_text_table(self.data.item_texts, cache_dir, standardize=True)
+        self.constants["item_text"] = item_text_table(self.data.item_texts, cache_dir, norm=self.cfg.data.text_norm)
         self.stacks = {"item": (q.item_levels, q.item_codes)}
-        self.rqvae = RQVAE(tuple(m.mlp_hidden), m.dim, self.constants["item_text"].shape[1], q.item_levels, q.item_codes)
+        self.rqvae = RQVAE(tuple(m.mlp_hidden), m.dim, self.constants["item_text"].shape[1], q.item_levels, q.item_codes,
+                           decoder_on=self.cfg.loss.recon_weight > 0)
         self.rows = {"targets": np.arange(1, self.data.num_items + 1, dtype=np.int32)}
         self.row_ids = list(self.data.item_ids)
         self._table = jax.jit(lambda p, c: self._items(p, c, True)[0])
@@ -190,17 +191,19 @@ class LearnedCodesRecommenderTask(ItemTextCodes, RecommenderTask):
 
     def _items(self, params, constants, on, key=None):
         """(table [I + 1, d] with row 0 = 0, quantizer output over items 1..I, reconstruction loss:
-        over all items, or over ``loss.recon_items`` drawn uniformly with `key`)."""
+        over all items, or over ``loss.recon_items`` drawn uniformly with `key`; 0 when off)."""
         x = constants["item_text"][1:]
         z, q = self.rqvae.quantize(params, x, self.cfg.quantizer)
         zq = jnp.where(on, q.z_q, z)  # before the k-means init: the unquantized projection
         table = zq + params["id_embedding"][1:] if "id_embedding" in params else zq
-        zq_recon = zq
-        sample = self.cfg.loss.recon_items
-        if key is not None and 0 < sample < self.data.num_items:
-            pick = jax.random.randint(key, (sample,), 0, self.data.num_items)
-            x, zq_recon = x[pick], zq[pick]
-        recon = self.rqvae.reconstruction_error(params, zq_recon, x)
+        recon = jnp.zeros(())
+        if self.rqvae.decoder_on and key is not None:
+            zq_recon = zq
+            sample = self.cfg.loss.recon_items
+            if 0 < sample < self.data.num_items:
+                pick = jax.random.randint(key, (sample,), 0, self.data.num_items)
+                x, zq_recon = x[pick], zq[pick]
+            recon = self.rqvae.reconstruction_error(params, zq_recon, x)
         return jnp.concatenate([jnp.zeros_like(table[:1]), table]), q, recon
 
     def item_table(self, params, constants):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from u2qt import files, losses
 from u2qt.data.load import load_data
 from u2qt.data.text import item_text_table
-from u2qt.models.user_tokenizer import U2QT, ModelSpec
+from u2qt.models.user_tokenizer import U2QT, ModelSpec, active_terms
 from u2qt.nn.layers import masked_mean
 from u2qt.quant.codebooks import quantize_on
 from u2qt.tasks.core import Encoded, ServingFunction
@@ -125,11 +125,12 @@ def u2qt_loss(model: U2QT, params, batch: dict, item_text: jax.Array, key: jax.A
     view carries L_sem and L_cf, the pair carries the alignment terms.
     """
     lc = cfg.loss
+    terms = active_terms(cfg)
     b = batch["length"].shape[0]
     row_mask = batch.get("valid", jnp.ones((b,), bool))
     k1, k2, k_drop, k_samp = jax.random.split(key, 4)
     view1, next1, next_mask1 = crop_view(batch, k1, lc.cf_max_targets, lc.item_dropout)
-    two_views = lc.beta > 0
+    two_views = terms["u2i"] or terms["u2u"] or terms["cooc"]
     if two_views:
         view2, _, _ = crop_view(batch, k2, lc.cf_max_targets, lc.item_dropout)
         both = jax.tree.map(lambda a, c: jnp.concatenate([a, c]), view1, view2)
@@ -147,7 +148,7 @@ def u2qt_loss(model: U2QT, params, batch: dict, item_text: jax.Array, key: jax.A
     # L_sem: reconstruction of each source (from view 1) + quantization losses (both views).
     recon = {}
     has_events = (jnp.sum(view1["input_mask"], -1) > 0) & row_mask
-    for s, pred in out["recon"].items():
+    for s, pred in out.get("recon", {}).items():
         if s == "tabular":
             cat_logits, num_pred = pred
             per_row = losses.categorical_recon([first(c) for c in cat_logits], batch["cat"]) + losses.numeric_recon(
@@ -164,21 +165,22 @@ def u2qt_loss(model: U2QT, params, batch: dict, item_text: jax.Array, key: jax.A
     l_sem = losses.l_sem(recon, quant)
 
     # L_cf: next items from the quantized shared representation.
-    l_cf = losses.l_cf(first(out["cf_query"]), table, next1, next_mask1, row_mask, k_samp, lc.cf_num_sampled)
+    l_cf = jnp.zeros(())
+    if terms["cf"]:
+        l_cf = losses.l_cf(first(out["cf_query"]), table, next1, next_mask1, row_mask, k_samp, lc.cf_num_sampled)
 
     # L_align (DAS) between the two views.
     align_terms = {}
-    if two_views:
-        t = lc.temperature
-        user_q = q1["shared"].z_q
-        if lc.w_u2i > 0 and out["behaviour_repr"] is not None:
-            align_terms["u2i"] = losses.info_nce(user_q, second(out["behaviour_repr"]), has_events, t)
-        if lc.w_u2u > 0:
-            align_terms["u2u"] = losses.info_nce(first(out["h"]), second(out["h"]), row_mask, t)
-        if lc.w_cooc > 0:
-            history = jnp.where(jnp.arange(batch["items"].shape[1])[None] < batch["length"][:, None], batch["items"], 0)
-            align_terms["cooc"] = losses.co_occurrence_nce(user_q, losses.item_overlap(history, lc.cooc_buckets),
-                                                           row_mask, t)
+    t = lc.temperature
+    user_q = q1["shared"].z_q
+    if terms["u2i"] and out["behaviour_repr"] is not None:
+        align_terms["u2i"] = losses.info_nce(user_q, second(out["behaviour_repr"]), has_events, t)
+    if terms["u2u"]:
+        align_terms["u2u"] = losses.info_nce(first(out["h"]), second(out["h"]), row_mask, t)
+    if terms["cooc"]:
+        history = jnp.where(jnp.arange(batch["items"].shape[1])[None] < batch["length"][:, None], batch["items"], 0)
+        align_terms["cooc"] = losses.co_occurrence_nce(user_q, losses.item_overlap(history, lc.cooc_buckets),
+                                                       row_mask, t)
     weights = {"u2i": lc.w_u2i, "u2u": lc.w_u2u, "cooc": lc.w_cooc}
     l_align = losses.l_align(align_terms, weights) if align_terms else jnp.zeros(())
     total = losses.total_loss(l_sem, l_cf, l_align, alpha=lc.alpha, beta=lc.beta)
