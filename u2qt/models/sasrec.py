@@ -205,10 +205,12 @@ def sasrec_loss(params, batch: dict[str, jax.Array], model: SASRec,
     logits = item_logits(hidden, table)
     if candidates is not None:
         logits = jnp.where(candidates, logits, -jnp.inf)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
     valid = targets > 0
-    picked = jnp.take_along_axis(log_probs, jnp.where(valid, targets, 1)[..., None], axis=-1)[..., 0]
-    return -jnp.sum(jnp.where(valid, picked, 0.0)) / jnp.maximum(valid.sum(), 1)
+    # -log softmax[target] = logsumexp(logits) - hidden · table[target]: the target's logit from a
+    # gather of its row, so the backward pass is softmax only (no scatter into [positions, I + 1]).
+    target_logit = jnp.sum(hidden * table[jnp.where(valid, targets, 1)], axis=-1)
+    nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(valid.sum(), 1)
 
 
 def sasrec_scores(params, history: jax.Array, model: SASRec, item_table: jax.Array | None = None) -> jax.Array:
