@@ -13,6 +13,7 @@ checkpoint.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import time
@@ -32,6 +33,8 @@ from u2qt.train.codebooks import CodebookHook
 from u2qt.train.sharding import Placement
 from u2qt.train.step import init_state, make_optimizer, make_train_step
 from u2qt.train.workdir import MetricsWriter, prepare_workdir
+
+IN_FLIGHT = 2  # train steps queued ahead of the host
 
 
 def log(msg: str) -> None:
@@ -162,6 +165,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         progress = tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True)
     t_last, step_last = time.time(), start
     halted = False
+    in_flight = collections.deque()
     for step in range(start, steps):
         if hook:
             state = hook.before_step(state, step)
@@ -171,6 +175,11 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
             local = next(train_iter)
             check_batch(local, step)
             state, metrics = step_fn(state, placement.local_to_device(local, task.model_keys), constants)
+        # Steps are dispatched asynchronously; at most IN_FLIGHT run ahead of the host, so the
+        # device always has the next step queued while the progress bar counts finished steps.
+        in_flight.append(metrics)
+        if len(in_flight) > IN_FLIGHT:
+            jax.block_until_ready(in_flight.popleft())
         done = step + 1
         if done % cfg.train.log_every == 0 or done == steps:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
