@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import ml_collections
@@ -161,3 +162,65 @@ def test_overrides_apply_to_the_config_named_later():
 def test_help_exits_with_usage():
     with pytest.raises(SystemExit, match="usage"):
         parse_args(["--help"], DEFAULT)
+
+
+# ----------------------------------------------------------------------------- validate
+def _variants():
+    from u2qt.config import validate  # noqa: F401  (imported here so a failure names this test)
+    specs = [DEFAULT, f"{DEFAULT}:runlocal", str(ROOT / "configs" / "movielens.py"),
+             str(ROOT / "configs" / "movielens.py") + ":runlocal"]
+    for data in ("beauty", "office"):
+        for kind in ("rqvae", "items", "id", "semantic", "unified"):
+            for extra in ("", ",runlocal", ",coldstart"):
+                if extra == ",coldstart" and kind in ("rqvae", "items"):
+                    continue
+                specs.append(str(ROOT / "configs" / "amazon.py") + f":{data},{kind}{extra}")
+    return specs
+
+
+@pytest.mark.parametrize("spec", _variants())
+def test_every_shipped_config_is_valid(spec):
+    from u2qt.config import validate
+    validate(load_config_file(spec))
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.keep_checkpoints", "0", "train.keep_checkpoints=0 must be an integer >= 1"),
+    ("train.steps", "0", "train.steps=0 must be an integer >= 1"),
+    ("train.steps", "-5", "train.steps=-5"),
+    ("train.batch_size", "0", "train.batch_size=0"),
+    ("train.checkpoint_every", "0", "train.checkpoint_every=0"),
+    ("train.log_every", "0", "train.log_every=0"),
+    ("train.eval_every", "-1", "train.eval_every=-1"),
+    ("train.lr", "0", "train.lr=0"),
+    ("model.view_dropout", "1.5", "model.view_dropout=1.5 must be in [0, 1]"),
+    ("model.dropout", "1.5", "model.dropout=1.5 must be in [0, 1)"),
+    ("quantizer.shared_codes", "1", "quantizer.shared_codes=1 must be an integer >= 2"),
+    ("quantizer.source_levels", "0", "quantizer.source_levels=0"),
+    ("data.max_events", "0", "data.max_events=0"),
+    ("model.num_heads", "5", "model.dim=64 must be a multiple of model.num_heads=5"),
+    ("quantizer.kmeans_at_step", "500", "quantizer.kmeans_at_step=500 must be < train.steps=500"),
+    ("loss.temperature", "0", "loss.temperature=0"),
+])
+def test_a_bad_value_is_refused_naming_the_key(key, value, message):
+    from u2qt.config import validate
+    cfg = load_config_file(DEFAULT)
+    apply_override(cfg, key, value)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(cfg)
+
+
+def test_every_problem_is_reported_at_once_and_kmeans_rule_follows_kmeans_init():
+    from u2qt.config import validate
+    cfg = load_config_file(DEFAULT)
+    for key, value in {"train.steps": "100", "train.keep_checkpoints": "0", "model.dropout": "-0.1"}.items():
+        apply_override(cfg, key, value)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    text = str(err.value)
+    assert "train.keep_checkpoints=0" in text and "model.dropout=-0.1" in text
+    assert "quantizer.kmeans_at_step=150 must be < train.steps=100" in text
+    apply_override(cfg, "quantizer.kmeans_init", "False")
+    apply_override(cfg, "train.keep_checkpoints", "1")
+    apply_override(cfg, "model.dropout", "0.1")
+    validate(cfg)  # no k-means: the step does not matter

@@ -156,3 +156,28 @@ def parse_args(argv: list[str], default_config: str) -> tuple[ml_collections.Con
 
 def to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Every value constraint (``u2qt.defaults.CONSTRAINTS``) and cross-key rule, checked before
+    any data is read or anything compiles; all problems are reported at once."""
+    from u2qt import defaults
+    problems = []
+    for key, (test, want) in defaults.CONSTRAINTS.items():
+        node, found = cfg, True
+        for part in key.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                found = False
+                break
+            node = node[part]
+        if not found:
+            continue
+        try:
+            ok = bool(test(node))
+        except TypeError:
+            ok = False
+        if not ok:
+            problems.append(f"{key}={node!r} must be {want}")
+    problems += defaults.cross_key_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))

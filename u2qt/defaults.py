@@ -8,7 +8,8 @@ A config file (``configs/*.py``) starts from one family and changes what differs
     recommender()     SASRec with ID / semantic / unified items (task "recommender")
 
 A family holds only the keys its task reads, so an override of a key the run does not read is
-refused as unknown.
+refused as unknown. ``CONSTRAINTS`` and ``cross_key_problems`` (at the end) say what each value
+must satisfy; ``u2qt.config.validate`` checks them before any data is read or anything compiles.
 """
 from __future__ import annotations
 
@@ -175,3 +176,55 @@ def recommender() -> ml_collections.ConfigDict:
     e.popularity_buckets = 3
     e.top_k = 10  # what the serving function returns
     return c
+
+
+# ----------------------------------------------------------------------------- constraints
+# What a value must satisfy, by key (checked by ``u2qt.config.validate`` before any data is read
+# or anything compiles; a key the config does not hold is skipped). (test, what it must be).
+_INT_AT_LEAST_1 = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+_PROBABILITY = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+CONSTRAINTS = {
+    "train.steps": _INT_AT_LEAST_1,
+    "train.batch_size": _INT_AT_LEAST_1,
+    "train.log_every": _INT_AT_LEAST_1,
+    "train.eval_every": _INT_AT_LEAST_1,
+    "train.checkpoint_every": _INT_AT_LEAST_1,
+    # 0 would let Orbax delete every checkpoint, the newest too.
+    "train.keep_checkpoints": _INT_AT_LEAST_1,
+    "train.lr": (lambda v: v > 0, "> 0"),
+    "train.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "train.clip_norm": (lambda v: v > 0, "> 0"),
+    "train.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "train.halt_after_step": (lambda v: v >= 0, ">= 0 (0 = never)"),
+    "data.device_mb": (lambda v: v >= 0, ">= 0"),
+    "data.max_events": _INT_AT_LEAST_1,
+    "data.max_history": _INT_AT_LEAST_1,
+    "model.dim": _INT_AT_LEAST_1,
+    "model.num_heads": _INT_AT_LEAST_1,
+    "model.dropout": _PROBABILITY,
+    "model.view_dropout": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "quantizer.shared_levels": _INT_AT_LEAST_1,
+    "quantizer.source_levels": _INT_AT_LEAST_1,
+    "quantizer.item_levels": _INT_AT_LEAST_1,
+    "quantizer.shared_codes": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
+    "quantizer.source_codes": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
+    "quantizer.item_codes": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
+    "quantizer.kmeans_at_step": (lambda v: v >= 0, ">= 0"),
+    "quantizer.kmeans_iters": _INT_AT_LEAST_1,
+    "quantizer.usage_decay": _PROBABILITY,
+    "loss.temperature": (lambda v: v > 0, "> 0"),
+}
+
+
+def cross_key_problems(c: ml_collections.ConfigDict) -> list[str]:
+    """Rules between keys; each problem is one sentence naming the keys."""
+    problems = []
+    q, m, t = c.get("quantizer"), c.get("model"), c.train
+    if q is not None and q.get("kmeans_init") and q.kmeans_at_step >= t.steps:
+        problems.append(f"quantizer.kmeans_at_step={q.kmeans_at_step} must be < train.steps={t.steps}: the "
+                        f"codebooks would be exported untrained (or set quantizer.kmeans_init=False)")
+    if m is not None and "num_heads" in m:
+        for width in ("dim",):
+            if width in m and m[width] % max(m.num_heads, 1):
+                problems.append(f"model.{width}={m[width]} must be a multiple of model.num_heads={m.num_heads}")
+    return problems

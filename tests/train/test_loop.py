@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -217,3 +218,24 @@ def test_synthetic_run_recovers_the_planted_types(tmp_path, compile_cache):
     summary = train(cfg, tmp_path)
     assert summary["purity_first_code"] >= 0.8, summary
     assert min(summary["views"]["shared"]["usage"]) >= 0.9, summary["views"]["shared"]
+
+
+def test_a_bad_config_is_refused_before_the_workdir_is_touched(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match=r"train\.keep_checkpoints=0 must be an integer >= 1"):
+        train(runlocal(**{"train.keep_checkpoints": 0}), tmp_path / "run")
+    assert not os.path.exists(tmp_path / "run")  # nothing read, written or compiled
+    out = _train_cli("--workdir", str(tmp_path / "cli"), "--config.quantizer.kmeans_at_step=500")
+    assert out.returncode == 2 and "quantizer.kmeans_at_step=500 must be < train.steps=500" in out.stderr
+    assert "Traceback" not in out.stderr and not os.path.exists(tmp_path / "cli")
+
+
+def test_a_non_finite_state_is_never_saved():
+    from u2qt.train import checkpoint
+    state = {"step": jnp.asarray(7), "params": {"w": jnp.ones((3,))}, "opt_state": (jnp.zeros((3,)),)}
+    checkpoint.check_finite(state, 8, None)  # finite: nothing happens
+    poisoned = dict(state, opt_state=(jnp.asarray([0.0, jnp.nan, 0.0]),))
+    with pytest.raises(FloatingPointError, match=r"^step 8: the train state holds NaN/Inf, so it was not saved; "
+                                                 r"the checkpoint of step 4 stays the resume point"):
+        checkpoint.check_finite(poisoned, 8, 4)
+    with pytest.raises(FloatingPointError, match="no checkpoint was written"):
+        checkpoint.check_finite(poisoned, 8, None)

@@ -9,7 +9,26 @@ import os
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def check_finite(state, step: int, last_saved: int | None) -> None:
+    """Raises before a save when any float in the train state (parameters, optimizer moments,
+    codebook usage) is NaN/Inf: such a checkpoint would become the resume point of every rerun.
+    The check runs on device; only one boolean comes back."""
+    if not bool(_all_finite(state)):
+        keep = (f"the checkpoint of step {last_saved} stays the resume point" if last_saved is not None
+                else "no checkpoint was written")
+        raise FloatingPointError(f"step {step}: the train state holds NaN/Inf, so it was not saved; {keep}. "
+                                 f"Lower train.lr or check the data")
 
 
 def manager(directory: str, keep: int) -> ocp.CheckpointManager:

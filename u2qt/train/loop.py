@@ -57,7 +57,8 @@ def run(cfg, workdir: str) -> dict:
 
 
 def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
-    # ------------------------------------------------------------------ workdir, task
+    # ------------------------------------------------------------------ config, workdir, task
+    config_lib.validate(cfg)  # before any data is read or anything compiles
     prepare_workdir(cfg, workdir)
     cache_dir = cfg.data.cache_dir or os.path.join(workdir, "cache")
     t_start = time.time()
@@ -109,6 +110,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         train_source, global_batch_size=cfg.train.batch_size, seed=cfg.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
     mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), cfg.train.keep_checkpoints)
+    scope.callback(mngr.wait_until_finished)  # an error exit still completes a pending save
     restored, restored_step = checkpoint.restore_latest(mngr, checkpoint.abstract_like(state), train_iter)
     if restored is not None:
         state = restored
@@ -197,6 +199,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         if done % cfg.train.eval_every == 0 or done == steps:
             state = evaluate(state, done, writer)
         if done % cfg.train.checkpoint_every == 0 or done == steps or done == cfg.train.halt_after_step:
+            checkpoint.check_finite(state, done, mngr.latest_step())  # a poisoned state is never saved
             checkpoint.save(mngr, done, state, train_iter, force=True)
         if done == cfg.train.halt_after_step:
             halted = True
