@@ -158,12 +158,13 @@ def to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Every value constraint (``u2qt.defaults.CONSTRAINTS``) and cross-key rule, checked before
-    any data is read or anything compiles; all problems are reported at once."""
-    from u2qt import defaults
+def validate(cfg: ml_collections.ConfigDict, constraints: dict, rules=lambda cfg: []) -> None:
+    """Every value constraint (``constraints``: key -> (test, what it must be); a key the config
+    does not hold is skipped) and cross-key rule (``rules(cfg)`` -> problems), checked before any
+    data is read or anything compiles; all problems are reported at once. The declarations live
+    next to the defaults (``u2qt.defaults.CONSTRAINTS``, ``cross_key_problems``)."""
     problems = []
-    for key, (test, want) in defaults.CONSTRAINTS.items():
+    for key, (test, want) in constraints.items():
         node, found = cfg, True
         for part in key.split("."):
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
@@ -178,6 +179,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             ok = False
         if not ok:
             problems.append(f"{key}={node!r} must be {want}")
-    problems += defaults.cross_key_problems(cfg)
+    problems += rules(cfg)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))

@@ -179,7 +179,7 @@ def recommender() -> ml_collections.ConfigDict:
 
 
 # ----------------------------------------------------------------------------- constraints
-# What a value must satisfy, by key (checked by ``u2qt.config.validate`` before any data is read
+# What a value must satisfy, by key (checked with ``u2qt.config.validate`` before any data is read
 # or anything compiles; a key the config does not hold is skipped). (test, what it must be).
 _INT_AT_LEAST_1 = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
 _PROBABILITY = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")

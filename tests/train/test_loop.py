@@ -239,3 +239,36 @@ def test_a_non_finite_state_is_never_saved():
         checkpoint.check_finite(poisoned, 8, 4)
     with pytest.raises(FloatingPointError, match="no checkpoint was written"):
         checkpoint.check_finite(poisoned, 8, None)
+
+
+def test_a_second_run_on_a_workdir_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    import json as json_lib
+    import socket
+    from u2qt.train.workdir import LOCK, lock_workdir, release_workdir
+    work = tmp_path / "run"
+    work.mkdir()
+    held = lock_workdir(str(work))
+    assert json_lib.load(open(held))["pid"] == os.getpid()
+    # This process holds it and is alive: a second run is refused, naming the holder.
+    with pytest.raises(config_lib.ConfigError, match=rf"in use by the run of pid {os.getpid()} on host"):
+        lock_workdir(str(work))
+    release_workdir(held)
+    assert not os.path.exists(held)
+    # A lock left by a process that has died (kill -9) is taken over.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (work / LOCK).write_text(json_lib.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    taken = lock_workdir(str(work))
+    assert json_lib.load(open(taken))["pid"] == os.getpid()
+    release_workdir(taken)
+
+
+def test_metrics_log_holds_no_step_twice_after_a_resume(tmp_path):
+    from u2qt.train.workdir import MetricsWriter
+    rows = [(10, "train"), (20, "train"), (20, "eval"), (30, "train"), (40, "train"), (40, "final")]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "split": p, "loss": 1.0}) + "\n"
+                                                    for s, p in rows) + '{"step": 5')  # a line cut by a kill
+    writer = MetricsWriter(str(tmp_path), resume_step=20)  # the newest checkpoint is step 20
+    writer.write(30, "train", {"loss": 0.5})
+    writer.close()
+    got = [(r["step"], r["split"]) for r in map(json.loads, open(tmp_path / "metrics.jsonl"))]
+    assert got == [(10, "train"), (20, "train"), (20, "eval"), (30, "train")]

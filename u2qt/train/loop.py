@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from u2qt import config as config_lib
+from u2qt import defaults
 from u2qt import files
 from u2qt.data.pipeline import make_train_iterator
 from u2qt.data.tfds_builder import build_data_source, examples_fingerprint
@@ -32,7 +33,7 @@ from u2qt.train import checkpoint, report
 from u2qt.train.codebooks import CodebookHook
 from u2qt.train.sharding import Placement
 from u2qt.train.step import init_state, make_optimizer, make_train_step
-from u2qt.train.workdir import MetricsWriter, prepare_workdir
+from u2qt.train.workdir import MetricsWriter, lock_workdir, prepare_workdir, release_workdir
 
 IN_FLIGHT = 2  # train steps queued ahead of the host
 
@@ -58,8 +59,10 @@ def run(cfg, workdir: str) -> dict:
 
 def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     # ------------------------------------------------------------------ config, workdir, task
-    config_lib.validate(cfg)  # before any data is read or anything compiles
+    config_lib.validate(cfg, defaults.CONSTRAINTS, defaults.cross_key_problems)  # before any work
     prepare_workdir(cfg, workdir)
+    if jax.process_index() == 0:
+        scope.callback(release_workdir, lock_workdir(workdir))
     cache_dir = cfg.data.cache_dir or os.path.join(workdir, "cache")
     t_start = time.time()
     task = make_task(cfg, cache_dir, log)
@@ -159,7 +162,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
 
     # ------------------------------------------------------------------ loop
     steps = cfg.train.steps
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, resume_step=restored_step or 0)
     start = int(state["step"])
     progress = None
     if cfg.train.progress and jax.process_index() == 0 and start < steps:

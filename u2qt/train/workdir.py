@@ -1,9 +1,12 @@
-"""A run's directory: its resolved config (a rerun resumes only the same run), its metrics log
-(JSONL and TensorBoard, from process 0 only), and the persistent cache of compiled programs."""
+"""A run's directory: its resolved config (a rerun resumes only the same run), the lock that
+keeps a second run out, its metrics log (JSONL and TensorBoard, from process 0 only), and the
+persistent cache of compiled programs."""
 from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 
 import jax
 
@@ -47,14 +50,78 @@ def prepare_workdir(cfg, workdir: str) -> None:
     files.write_json(path, current)
 
 
-class MetricsWriter:
-    """Metrics to ``metrics.jsonl`` and TensorBoard, from process 0 only."""
+LOCK = "run.lock"
 
-    def __init__(self, workdir: str):
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def lock_workdir(workdir: str) -> str:
+    """Takes ``<workdir>/run.lock`` (pid, host, start time) for this process and returns its path;
+    refuses when a live run holds it. A lock left by a run that died on this host (its pid is
+    gone) is taken over. Remove it with ``release_workdir``."""
+    path = os.path.join(workdir, LOCK)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.load(open(path))
+            except (OSError, ValueError):
+                owner = {}
+            stale = owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"])
+            if not stale:
+                raise config_lib.ConfigError(
+                    f"{workdir} is in use by the run of pid {owner.get('pid', '?')} on host {owner.get('host', '?')} "
+                    f"(since {owner.get('since', '?')}); wait for it to end, or delete {path} if that run is gone")
+            os.remove(path)  # its owner died: take it over
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return path
+    raise config_lib.ConfigError(f"{path}: another run took the lock at the same moment; try again")
+
+
+def release_workdir(path: str) -> None:
+    try:
+        if json.load(open(path)).get("pid") == os.getpid():
+            os.remove(path)
+    except (OSError, ValueError):
+        pass
+
+
+class MetricsWriter:
+    """Metrics to ``metrics.jsonl`` and TensorBoard, from process 0 only.
+
+    ``resume_step``: the step the run resumes from (0 for a fresh start). Rows a killed run wrote
+    after its checkpoint (and the end-of-run rows of a finished run that is reported again) are
+    dropped first, so the log never holds a step twice."""
+
+    def __init__(self, workdir: str, resume_step: int = 0):
         self.active = jax.process_index() == 0
         if not self.active:
             return
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(path):
+            keep = []
+            for line in open(path):
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill
+                if row.get("step", 0) < resume_step or (row.get("step") == resume_step
+                                                         and row.get("split") in ("train", "eval")):
+                    keep.append(json.dumps(row) + "\n")
+            files.write_text(path, "".join(keep))
+        self.jsonl = open(path, "a")
         from tensorboardX import SummaryWriter
         self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
