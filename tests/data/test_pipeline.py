@@ -9,7 +9,7 @@ import pytest
 
 from u2qt.data import tfds_builder
 from u2qt.data.examples import build_examples
-from u2qt.data.pipeline import ArraySource, iterate_in_order, make_train_iterator
+from u2qt.data.pipeline import ArraySource, in_order_batches, make_train_iterator
 from u2qt.data.synthetic import make_synthetic
 from u2qt.data.tfds_builder import build_data_source, examples_fingerprint
 
@@ -176,8 +176,8 @@ def test_per_process_shards_are_disjoint_and_make_the_global_batch(examples):
         make_train_iterator(source, global_batch_size=25, seed=5, process_count=2)
 
 
-def test_iterate_in_order_pads_the_last_batch(examples):
-    batches = list(iterate_in_order(ArraySource(examples), 128))
+def test_in_order_batches_pad_the_last_batch(examples):
+    batches = list(in_order_batches(examples, 128))
     assert len(batches) == 3
     assert all(b["items"].shape == (128, 12) for b in batches)
     assert batches[-1]["valid"].sum() == 300 - 256 and batches[0]["valid"].all()

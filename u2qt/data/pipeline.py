@@ -9,6 +9,9 @@ stream, and process p gets every `process_count`-th of them (offset p). Processe
 disjoint examples, and together they see exactly the single-process global batch. The iterator's
 state (`get_state`/`set_state`, or orbax with `grain.checkpoint.CheckpointSave/CheckpointRestore`)
 is one position in that stream, so a restored run continues with the very next batch.
+
+In order (`in_order_batches`): rows already in memory, once each, in padded fixed-size batches,
+for encoding every row (export, k-means, evaluation).
 """
 
 from __future__ import annotations
@@ -78,17 +81,9 @@ def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.nd
     return out
 
 
-def iterate_in_order(
-    source, batch_size: int, *, num_threads: int = 4, prefetch: int = 4
-) -> Iterator[dict[str, np.ndarray]]:
-    """All examples once, in order, in batches of exactly `batch_size`; the last one is padded with
-    zeros, and the boolean key `valid` marks the real examples (for export and evaluation)."""
-    ds = grain.MapDataset.source(source).batch(batch_size).map(lambda b: _pad_batch(b, batch_size))
-    return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch)))
-
-
 def in_order_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """``iterate_in_order`` for rows already in memory: numpy slices, no reader threads."""
+    """All rows once, in order, in batches of exactly `batch_size`; the last one is padded with
+    zeros, and the boolean key `valid` marks the real rows (for export and evaluation)."""
     n = len(next(iter(arrays.values())))
     for start in range(0, n, batch_size):
         yield _pad_batch({k: np.asarray(v[start:start + batch_size]) for k, v in arrays.items()}, batch_size)

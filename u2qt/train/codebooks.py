@@ -61,7 +61,7 @@ class CodebookHook:
         self.placement, self.log = placement, log
         self.rows = {k: v for k, v in task.rows.items() if k in task.model_keys}
         self.sizes = {view: k for view, (_, k) in task.stacks.items()}
-        self.kmeans_step = cfg.quantizer.kmeans_at_step if cfg.quantizer.kmeans_init else None
+        self.kmeans_step = cb.kmeans_step(cfg.quantizer) if cfg.quantizer.kmeans_init else None
         b = cfg.train.batch_size
         self.encode_batch = b * max(1, self.ENCODE_ROWS // b)
         self._encode = jax.jit(task.encode)
