@@ -30,18 +30,23 @@ def use_device(examples: dict, keys, limit_mb: float) -> bool:
     return nbytes(examples, keys) <= limit_mb * 2**20
 
 
+def nonfinite_rows(value) -> np.ndarray:
+    """Indices of the rows of a float array [N, ...] that hold NaN/Inf (none for other dtypes)."""
+    value = np.asarray(value)
+    if not np.issubdtype(value.dtype, np.floating):
+        return np.zeros((0,), np.int64)
+    return np.flatnonzero(~np.isfinite(value.reshape(len(value), -1)).all(1))
+
+
 def check_finite(arrays: dict, ids: list[str] | None = None) -> None:
     """Non-finite numbers anywhere in the example rows stop the run before training, naming
     the key and the first rows that hold them (with their ids when the rows have ids)."""
     for key, value in arrays.items():
-        value = np.asarray(value)
-        if np.issubdtype(value.dtype, np.floating):
-            bad = ~np.isfinite(value.reshape(len(value), -1)).all(1)
-            if bad.any():
-                rows = np.flatnonzero(bad)
-                named = [ids[r] for r in rows[:5]] if ids is not None else rows[:5].tolist()
-                raise FloatingPointError(f"example key {key!r} holds NaN/Inf in {len(rows)} rows, e.g. rows "
-                                         f"{rows[:5].tolist()}" + (f" (ids {named})" if ids is not None else ""))
+        rows = nonfinite_rows(value)
+        if len(rows):
+            named = [ids[r] for r in rows[:5]] if ids is not None else rows[:5].tolist()
+            raise FloatingPointError(f"example key {key!r} holds NaN/Inf in {len(rows)} rows, e.g. rows "
+                                     f"{rows[:5].tolist()}" + (f" (ids {named})" if ids is not None else ""))
 
 
 class DeviceBatches:

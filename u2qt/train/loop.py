@@ -46,8 +46,8 @@ def log(msg: str) -> None:
 def check_batch(batch: dict, step: int) -> None:
     """Bad numbers in a batch stop the run with a message that says where they are."""
     for key, value in batch.items():
-        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-            rows = np.unique(np.nonzero(~np.isfinite(value))[0])
+        rows = batches_lib.nonfinite_rows(value)
+        if len(rows):
             raise FloatingPointError(f"step {step}: batch key {key!r} holds NaN/Inf in batch rows {rows[:5].tolist()}")
 
 
