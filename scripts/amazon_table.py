@@ -71,6 +71,9 @@ def main(argv: list[str]) -> int:
             continue
         s, c = _load(run)
         (tok if c["task"] == "item_tokenizer" else rec).append((run, s, c))
+    if not rec and not tok:
+        from u2qt.errors import U2qtError
+        raise U2qtError(f"no finished run (a workdir with summary.json) among {args.runs}")
     parts = []
     if tok:
         parts += ["Item tokenizer", ""] + tokenizer_rows(tok) + [""]
@@ -85,4 +88,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from u2qt.errors import cli_exit
+    sys.exit(cli_exit(lambda: main(sys.argv[1:])))

@@ -18,6 +18,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import os
+import sys
 
 import numpy as np
 
@@ -84,4 +85,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from u2qt.errors import cli_exit
+    raise SystemExit(cli_exit(main))

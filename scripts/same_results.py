@@ -115,4 +115,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from u2qt.errors import cli_exit
+    raise SystemExit(cli_exit(main))

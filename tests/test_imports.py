@@ -2,7 +2,7 @@
 and no chain of imports comes back to where it started.
 
 Layers, bottom to top (README, "Layout"):
-    files, config, defaults, kernels  →  text  →  data  →  nn  →  losses  →  quant  →  models
+    errors  →  files, config, defaults, kernels  →  text  →  data  →  nn  →  losses  →  quant  →  models
     →  eval  →  tasks  →  train
 """
 import ast
@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO
 
-LAYERS = [("u2qt.files", "u2qt.config", "u2qt.defaults", "u2qt.kernels"), ("u2qt.text",), ("u2qt.data",),
+LAYERS = [("u2qt.errors",), ("u2qt.files", "u2qt.config", "u2qt.defaults", "u2qt.kernels"), ("u2qt.text",), ("u2qt.data",),
           ("u2qt.nn",), ("u2qt.losses",), ("u2qt.quant",), ("u2qt.models",), ("u2qt.eval",), ("u2qt.tasks",),
           ("u2qt.train",)]
 

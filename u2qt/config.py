@@ -17,8 +17,7 @@ from typing import Any, Iterable
 import ml_collections
 
 
-class ConfigError(ValueError):
-    """A config file, key or value that cannot be used; the message says which and why."""
+from u2qt.errors import ConfigError  # noqa: F401 — raised here, caught by callers as config.ConfigError
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

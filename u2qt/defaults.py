@@ -26,6 +26,10 @@ def common(task: str) -> ml_collections.ConfigDict:
     # Training rows up to this size live on the devices and each step draws its batch there;
     # larger data stream through grain from array_record files (u2qt/train/batches.py).
     c.data.device_mb = 1024.0
+    # Suspicious but usable data (ids that differ only by zero-padding, most events dropped, every
+    # item text empty, extreme numeric values clipped) is a warning in the log and the summary;
+    # True makes each such warning an error.
+    c.data.strict = False
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128  # global, split over the mesh's data axis
@@ -41,6 +45,9 @@ def common(task: str) -> ml_collections.ConfigDict:
     c.train.select_metric = ""  # an eval metric to keep the best parameters by ("" = the last ones)
     c.train.halt_after_step = 0  # >0: stop after this step as if the run were killed (resume tests)
     c.train.progress = True
+    # A workdir remembers a fingerprint of its data; resuming it on changed data is refused unless
+    # this is True (then the checkpoint is fine-tuned on the new data, if the shapes still fit).
+    c.train.finetune_changed_data = False
     return c
 
 
@@ -67,6 +74,7 @@ def user_tokenizer() -> ml_collections.ConfigDict:
     d = c.data
     d.format = "synthetic"  # synthetic | tables (a directory of users/items/events) | movielens
     d.path = ""  # the data directory for format=tables or movielens
+    d.encoding = "utf-8"  # of the CSV files of format=tables (e.g. latin-1, cp1252)
     d.synthetic_users = 3000
     d.synthetic_items = 400
     d.synthetic_types = 8
@@ -183,7 +191,70 @@ def recommender() -> ml_collections.ConfigDict:
 # or anything compiles; a key the config does not hold is skipped). (test, what it must be).
 _INT_AT_LEAST_1 = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
 _PROBABILITY = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+_AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+
+
+def _one_of(*values):
+    return (lambda v: v in values, "one of " + ", ".join(map(repr, values)))
+
+
+def _some_of(*values):
+    return (lambda v: len(v) >= 1 and len(set(v)) == len(v) and set(v) <= set(values),
+            "a non-empty list without repeats of " + ", ".join(map(repr, values)))
+
+
+# The choices of the modules that read these keys (tests/test_config.py checks they agree).
+TASKS = ("user_tokenizer", "item_tokenizer", "recommender")
+DATA_FORMATS = ("synthetic", "tables", "movielens")
+SOURCES = ("tabular", "behaviour", "text")
+TEXT_NORMS = ("standardize", "l2", "none")
+ITEM_REPRS = ("id", "semantic", "unified")
+IMPLEMENTATIONS = ("auto", "reference", "chunked", "pallas_gpu", "pallas_tpu",
+                   "pallas_gpu_interpret", "pallas_tpu_interpret")
+
 CONSTRAINTS = {
+    "task": _one_of(*TASKS),
+    "data.format": _one_of(*DATA_FORMATS),
+    "data.text_norm": _one_of(*TEXT_NORMS),
+    "data.holdout": _AT_LEAST_0,
+    "data.min_input": _INT_AT_LEAST_1,
+    "data.synthetic_users": _INT_AT_LEAST_1,
+    "data.synthetic_items": _INT_AT_LEAST_1,
+    "data.synthetic_types": _INT_AT_LEAST_1,
+    "data.max_description_chars": _INT_AT_LEAST_1,
+    "data.cold_fraction": _PROBABILITY,
+    "model.sources": _some_of(*SOURCES),
+    "model.item_repr": _one_of(*ITEM_REPRS),
+    "model.seq_layers": _INT_AT_LEAST_1,
+    "model.qformer_layers": _INT_AT_LEAST_1,
+    "model.queries_per_source": _INT_AT_LEAST_1,
+    "model.shared_dim": _INT_AT_LEAST_1,
+    "model.source_dim": _INT_AT_LEAST_1,
+    "model.latent_dim": _INT_AT_LEAST_1,
+    "model.mlp_hidden": (lambda v: all(isinstance(h, int) and h >= 1 for h in v), "integers >= 1"),
+    "quantizer.implementation": _one_of(*IMPLEMENTATIONS),
+    "quantizer.commitment": _AT_LEAST_0,
+    "quantizer.entropy_weight": _AT_LEAST_0,
+    "quantizer.entropy_temperature": (lambda v: v > 0, "> 0"),
+    "quantizer.kmeans_rows": _INT_AT_LEAST_1,
+    "quantizer.dead_code_fraction": _PROBABILITY,
+    "quantizer.reset_every": _AT_LEAST_0,
+    "quantizer.reset_until": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "loss.alpha": _AT_LEAST_0,
+    "loss.beta": _AT_LEAST_0,
+    "loss.w_u2i": _AT_LEAST_0,
+    "loss.w_u2u": _AT_LEAST_0,
+    "loss.w_cooc": _AT_LEAST_0,
+    "loss.recon_weight": _AT_LEAST_0,
+    "loss.quant_weight": _AT_LEAST_0,
+    "loss.cooc_buckets": _INT_AT_LEAST_1,
+    "loss.cf_max_targets": _INT_AT_LEAST_1,
+    "loss.cf_num_sampled": _AT_LEAST_0,
+    "loss.item_dropout": _PROBABILITY,
+    "loss.recon_items": _AT_LEAST_0,
+    "eval.batch_size": _INT_AT_LEAST_1,
+    "eval.popularity_buckets": _INT_AT_LEAST_1,
+    "eval.top_k": _INT_AT_LEAST_1,
     "train.steps": _INT_AT_LEAST_1,
     "train.batch_size": _INT_AT_LEAST_1,
     "train.log_every": _INT_AT_LEAST_1,
@@ -223,6 +294,15 @@ def cross_key_problems(c: ml_collections.ConfigDict) -> list[str]:
     if q is not None and q.get("kmeans_init") and q.kmeans_at_step >= t.steps:
         problems.append(f"quantizer.kmeans_at_step={q.kmeans_at_step} must be < train.steps={t.steps}: the "
                         f"codebooks would be exported untrained (or set quantizer.kmeans_init=False)")
+    if m is not None and "item_repr" in m and q is not None and q.get("kmeans_init") and (
+            m.item_repr == "id" or m.get("codes_path")):
+        problems.append(f"quantizer.kmeans_init must be False for model.item_repr={m.item_repr!r}"
+                        f"{' with model.codes_path' if m.get('codes_path') else ''}: there is no codebook stack to "
+                        f"initialise")
+    d = c.get("data")
+    if d is not None and "path" in d and not d.path and d.get("format", "lcrec") != "synthetic":
+        problems.append(f"data.path is empty: {'data.format=' + repr(d.format) if 'format' in d else 'the LC-Rec layout'}"
+                        f" needs the data directory")
     if m is not None and "num_heads" in m:
         for width in ("dim",):
             if width in m and m[width] % max(m.num_heads, 1):

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import REPO, shared_data
 from u2qt import config as config_lib
+from u2qt.errors import WorkdirError
 
 
 def runlocal(**overrides):
@@ -88,7 +89,7 @@ def test_rerun_of_a_finished_run_resumes_instead_of_retraining(finished_run):
 
 def test_workdir_with_another_config_is_refused(finished_run):
     workdir, _ = finished_run
-    with pytest.raises(config_lib.ConfigError, match="different config"):
+    with pytest.raises(WorkdirError, match="different config"):
         train(runlocal(**{"train.lr": 0.5}), workdir)
 
 
@@ -250,7 +251,7 @@ def test_a_second_run_on_a_workdir_is_refused_and_a_dead_runs_lock_is_taken_over
     held = lock_workdir(str(work))
     assert json_lib.load(open(held))["pid"] == os.getpid()
     # This process holds it and is alive: a second run is refused, naming the holder.
-    with pytest.raises(config_lib.ConfigError, match=rf"in use by the run of pid {os.getpid()} on host"):
+    with pytest.raises(WorkdirError, match=rf"in use by the run of pid {os.getpid()} on host"):
         lock_workdir(str(work))
     release_workdir(held)
     assert not os.path.exists(held)

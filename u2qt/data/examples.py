@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from u2qt.data.tables import Tables
+from u2qt.data.tables import DataError, Tables
 
 EVENT_FEATURES = ("log1p_hours_since_prev", "log1p_days_before_last", "hour_sin", "hour_cos", "value")
 
@@ -34,6 +34,10 @@ class DatasetSpec:
     max_events: int
     holdout: int
     min_input: int
+    # Numeric values are clipped to [lo, hi] before standardization (``robust_bounds``).
+    num_clip_lo: list[float] = dataclasses.field(default_factory=list)
+    num_clip_hi: list[float] = dataclasses.field(default_factory=list)
+    num_clipped: dict[str, int] = dataclasses.field(default_factory=dict)  # values clipped, per field
 
     @property
     def num_items(self) -> int:
@@ -57,7 +61,8 @@ def _split_columns(users: pd.DataFrame, user_columns, exclude, categorical) -> t
     cols = [c for c in users.columns if c != "user_id"] if user_columns is None else list(user_columns)
     unknown = [c for c in [*cols, *exclude, *categorical] if c not in users.columns]
     if unknown:
-        raise ValueError(f"user columns {unknown} are not in the users table (columns: {list(users.columns)})")
+        raise DataError(f"user columns {unknown} (config data.exclude_user_columns or user_columns) are not in the "
+                        f"users table (columns: {list(users.columns)})")
     cols = [c for c in cols if c not in set(exclude)]
     num = [c for c in cols if c not in set(categorical) and pd.api.types.is_numeric_dtype(users[c])
            and not pd.api.types.is_bool_dtype(users[c])]
@@ -77,6 +82,36 @@ def _as_text(values: pd.Series) -> np.ndarray:
     else:
         out[present] = values[present].astype(str).to_numpy(dtype=object)
     return out
+
+
+# A numeric value further than this many robust standard deviations (1.4826 · MAD) from the median
+# is clipped there before standardization, so one extreme value cannot erase a column for everyone.
+CLIP_ROBUST_SD = 10.0
+
+
+def robust_bounds(x: np.ndarray) -> tuple[float, float]:
+    """[median ± CLIP_ROBUST_SD · 1.4826 · MAD] of the finite values of ``x``, within their range
+    (so the bounds are finite and a MAD of 0 clips nothing); (0, 0) when there are none."""
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return 0.0, 0.0
+    lo, hi = float(x.min()), float(x.max())
+    med = float(np.median(x))
+    mad = float(np.median(np.abs(x - med)))
+    if mad > 0 and np.isfinite(mad):
+        reach = CLIP_ROBUST_SD * 1.4826 * mad
+        lo, hi = max(lo, med - reach), min(hi, med + reach)
+    return lo, hi
+
+
+def _mean_std(x: np.ndarray) -> tuple[float, float]:
+    """Mean and std without overflow for huge magnitudes (scaled by the largest |x| first)."""
+    if not len(x):
+        return 0.0, 1.0
+    scale = float(np.max(np.abs(x))) or 1.0
+    z = x / scale
+    mean, std = float(z.mean()) * scale, float(z.std()) * scale
+    return mean, (std if std > 0 and np.isfinite(std) else 1.0)
 
 
 def _vocab(values: np.ndarray) -> list[str]:
@@ -128,12 +163,12 @@ def build_examples(
         cat[:, j] = _encode(t, v)
     num_raw = users[num_fields].to_numpy(dtype=np.float64).reshape(num_users, len(num_fields))
     present = np.isfinite(num_raw)
-    num_mean = np.array([num_raw[present[:, j], j].mean() if present[:, j].any() else 0.0
-                         for j in range(len(num_fields))])
-    num_std = np.array([num_raw[present[:, j], j].std() if present[:, j].any() else 1.0
-                        for j in range(len(num_fields))])
-    num_std = np.where(num_std > 0, num_std, 1.0)
-    num = np.where(present, (num_raw - num_mean) / num_std, 0.0).astype(np.float32)
+    bounds = np.array([robust_bounds(num_raw[:, j]) for j in range(len(num_fields))]).reshape(-1, 2)
+    clipped = np.clip(num_raw, bounds[:, 0], bounds[:, 1])
+    stats = np.array([_mean_std(clipped[present[:, j], j]) for j in range(len(num_fields))]).reshape(-1, 2)
+    num_mean, num_std = stats[:, 0], stats[:, 1]
+    num = np.where(present, (clipped - num_mean) / num_std, 0.0).astype(np.float32)
+    num_clipped = {f: int(n) for f, n in zip(num_fields, (present & (clipped != num_raw)).sum(axis=0)) if n}
 
     # Events: map ids to rows, sort by (user, timestamp, item index).
     u = pd.Index(users["user_id"]).get_indexer(events["user_id"])
@@ -195,6 +230,9 @@ def build_examples(
         max_events=max_events,
         holdout=holdout,
         min_input=min_input,
+        num_clip_lo=bounds[:, 0].tolist(),
+        num_clip_hi=bounds[:, 1].tolist(),
+        num_clipped=num_clipped,
     )
     examples = {
         "user_index": np.arange(num_users, dtype=np.int32),

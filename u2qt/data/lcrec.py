@@ -66,12 +66,14 @@ class LCRecReport:
     consecutive_repeats: int           # the same item twice in a row
     users_with_repeats: int
     examples: dict[str, tuple[str, ...]]
+    # Suspicious but usable, one sentence each (``tables.settle_warnings``: logged, or fatal with data.strict).
+    warnings: tuple[str, ...] = ()
 
     def summary(self) -> str:
         lines = [f"{self.n_users} users, {self.n_items} items, {self.n_interactions} interactions"]
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name.startswith("n_") or field.name == "examples" or not value:
+            if field.name.startswith("n_") or field.name in ("examples", "warnings") or not value:
                 continue
             shown = self.examples.get(field.name, ())
             lines.append(f"{field.name}: {value}" + (f" (e.g. {', '.join(shown)})" if shown else ""))
@@ -110,6 +112,12 @@ def read_lcrec(path: str | Path, name: str | None = None, *, unknown_items: str 
     inter_path, item_path = _find_pair(Path(path), name)
     raw_sequences = _sequences(_load_object(inter_path), inter_path)
     raw_items = _load_object(item_path)
+    if not raw_sequences:
+        raise LCRecFormatError(f"{inter_path}: holds no user sequences (an empty object)")
+    if not any(raw_sequences.values()):
+        raise LCRecFormatError(f"{inter_path}: every one of the {len(raw_sequences)} user sequences is empty")
+    if not raw_items:
+        raise LCRecFormatError(f"{item_path}: holds no items (an empty object)")
 
     described = set(raw_items)
     named = {item for seq in raw_sequences.values() for item in seq}
@@ -143,6 +151,17 @@ def read_lcrec(path: str | Path, name: str | None = None, *, unknown_items: str 
     empty_users = [u for u, seq in zip(user_ids, sequences) if seq.size == 0]
     textless = [item for item, text in zip(item_ids, item_texts) if not text]
     never = [item for item, s in zip(item_ids, seen[1:]) if not s]
+    warnings = []
+    if len(textless) == len(item_ids):
+        warnings.append(f"{item_path}: no item has text; the text embeddings are all the same")
+    stripped = {item.lstrip("0") or "0": item for item in described}
+    padded = [item for item in missing if (item.lstrip("0") or "0") in stripped]
+    if padded:
+        warnings.append(f"{inter_path}: {len(padded)} item ids match {item_path.name} ids only without leading zeros "
+                        f"(e.g. {padded[0]!r} vs {stripped[padded[0].lstrip('0') or '0']!r}); write them the same way")
+    if missing and len(missing) > len(described):
+        warnings.append(f"{inter_path}: {len(missing)} of the {len(named)} items the sequences name are not in "
+                        f"{item_path.name}")
     report = LCRecReport(
         n_users=len(user_ids), n_items=len(item_ids),
         n_interactions=int(sum(seq.size for seq in sequences)),
@@ -157,7 +176,7 @@ def read_lcrec(path: str | Path, name: str | None = None, *, unknown_items: str 
             "items_never_interacted": tuple(never[:_EXAMPLES]),
             "users_with_empty_sequences": tuple(empty_users[:_EXAMPLES]),
             "users_with_repeats": tuple(repeat_users[:_EXAMPLES]),
-        })
+        }, warnings=tuple(warnings))
     return LCRecData(name=inter_path.name[:-len(".inter.json")], user_ids=user_ids,
                      item_ids=item_ids, sequences=sequences, item_texts=item_texts, report=report)
 

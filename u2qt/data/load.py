@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from u2qt.data.examples import DatasetSpec, build_examples
+from u2qt.data.examples import CLIP_ROBUST_SD, DatasetSpec, build_examples
 from u2qt.data.tables import DataError, DataReport, Tables
 
 FORMATS = ("synthetic", "tables", "movielens")
@@ -23,6 +23,7 @@ class LoadedData:
     spec: DatasetSpec
     examples: dict[str, np.ndarray]
     user_types: np.ndarray | None  # planted types (synthetic data only)
+    warnings: list[str]  # suspicious but usable (see ``tables.settle_warnings``)
 
 
 def load_tables(data_cfg) -> tuple[Tables, DataReport | None, np.ndarray | None]:
@@ -39,7 +40,7 @@ def load_tables(data_cfg) -> tuple[Tables, DataReport | None, np.ndarray | None]
         raise DataError(f"config data.path={data_cfg.path!r} is not a directory")
     if data_cfg.format == "tables":
         from u2qt.data.tables import read_table_dir
-        tables, report = read_table_dir(data_cfg.path)
+        tables, report = read_table_dir(data_cfg.path, encoding=data_cfg.get("encoding", "utf-8"))
     else:
         from u2qt.data.movielens import read_movielens
         tables, report = read_movielens(data_cfg.path)
@@ -55,4 +56,9 @@ def load_data(data_cfg) -> LoadedData:
         raise DataError("the data has no users: nothing to tokenize")
     if spec.num_items == 0:
         raise DataError("the data has no items: the behaviour and text sources need at least one")
-    return LoadedData(tables, report, spec, examples, types)
+    warnings = list(report.warnings) if report is not None else []
+    where = f"{report.source} [users]" if report is not None else "users"
+    warnings += [f"{where}: {n:,} values of column {field!r} lie beyond {CLIP_ROBUST_SD:g} robust standard deviations "
+                 f"of its median and were clipped (e.g. a wrong unit or a sentinel like 1e30)"
+                 for field, n in spec.num_clipped.items()]
+    return LoadedData(tables, report, spec, examples, types, warnings)

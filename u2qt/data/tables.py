@@ -20,6 +20,8 @@ import os
 import numpy as np
 import pandas as pd
 
+from u2qt.errors import DataError  # raised by every reader (and re-exported for them)
+
 REQUIRED_COLUMNS = {
     "users": ("user_id",),
     "items": ("item_id", "text"),
@@ -28,8 +30,6 @@ REQUIRED_COLUMNS = {
 SUFFIXES = (".parquet", ".csv")
 
 
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file and what is wrong."""
 
 
 @dataclasses.dataclass
@@ -51,6 +51,9 @@ class DataReport:
     events_unknown_user: int = 0  # dropped: user_id not in users
     events_unknown_item: int = 0  # dropped: item_id not in items (may overlap with the line above)
     events_duplicate: int = 0  # dropped: same (user_id, item_id, timestamp) as an earlier event
+    # Suspicious but usable data: each a sentence naming the file and what looks wrong. They are
+    # logged and kept in the summary; data.strict=True makes them errors (``settle_warnings``).
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def events_dropped(self) -> int:
@@ -81,15 +84,39 @@ def _table_file(path: str, name: str) -> str:
     return found[0]
 
 
-def _read_file(filename: str, name: str) -> pd.DataFrame:
+def _undecodable(filename: str, encoding: str) -> str:
+    """Where a file stops being ``encoding`` text: "line N: byte 0x.."."""
+    with open(filename, "rb") as f:
+        raw = f.read()
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        return f"line {line}: byte 0x{raw[e.start]:02x}"
+    return "somewhere"
+
+
+def _read_file(filename: str, name: str, encoding: str = "utf-8") -> pd.DataFrame:
     id_cols = [c for c in ("user_id", "item_id") if c in REQUIRED_COLUMNS[name]]
     if filename.endswith(".parquet"):
         try:
             return pd.read_parquet(filename)
         except Exception as e:  # pyarrow raises several types; all mean the same to the user
             raise DataError(f"{filename}: cannot read as Parquet: {e}") from e
+    with open(filename, "rb") as f:
+        magic = f.read(4)
+    if magic == b"PAR1":
+        raise DataError(f"{filename}: holds Parquet bytes, not CSV text; rename it to {name}.parquet")
+    if magic[:2] == b"\x1f\x8b":
+        raise DataError(f"{filename}: is gzip-compressed; give the decompressed {name}.csv (or {name}.parquet)")
     try:
-        return pd.read_csv(filename, dtype={c: str for c in id_cols + ["text"]}, keep_default_na=True)
+        return pd.read_csv(filename, dtype={c: str for c in id_cols + ["text"]}, keep_default_na=True,
+                           encoding=encoding)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{filename}: {_undecodable(filename, encoding)} is not {encoding} text; if the file "
+                        f"has another encoding, set --config.data.encoding (e.g. latin-1)") from None
+    except LookupError as e:
+        raise DataError(f"config data.encoding={encoding!r} is not an encoding Python knows") from e
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{filename}: empty file (no header, no rows)") from e
     except pd.errors.ParserError as e:
@@ -152,14 +179,44 @@ def _numeric(df: pd.DataFrame, col: str, source: str, name: str, *, required: bo
     return num.to_numpy(dtype=np.float64)
 
 
-def _attributes(df: pd.DataFrame, skip: tuple[str, ...]) -> dict[str, pd.Series]:
-    """Numeric columns → float64, others → string (missing stays NaN), so CSV and Parquet agree."""
+# Unix seconds: 1e10 s is the year 2286, so larger values are milliseconds (or finer) by mistake;
+# below -1e10 (year 1653) they are not interaction times either.
+TIMESTAMP_RANGE = (-1e10, 1e10)
+
+
+def _first_bad(df: pd.DataFrame, source: str, name: str, bad: np.ndarray, what: str) -> DataError:
+    row = int(np.flatnonzero(bad)[0])
+    return DataError(f"{_where(source, name)}: {_line(df, source, row)}: {what} ({int(bad.sum())} rows)")
+
+
+def _check_timestamps(ts: np.ndarray, df: pd.DataFrame, source: str, name: str) -> None:
+    """Finite unix seconds in a plausible range; milliseconds are named as such."""
+    lo, hi = TIMESTAMP_RANGE
+    bad = ~np.isfinite(ts)
+    if bad.any():
+        raise _first_bad(df, source, name, bad, f"timestamp is {ts[bad][0]}, not a time")
+    bad = (ts < lo) | (ts >= hi)
+    if bad.any():
+        first = ts[bad][0]
+        hint = ("it looks like milliseconds (or finer); give unix seconds" if hi <= first < 1e19
+                else "unix seconds are expected")
+        raise _first_bad(df, source, name, bad, f"timestamp {first:.6g} is outside [{lo:.0e}, {hi:.0e}): {hint}")
+
+
+def _attributes(df: pd.DataFrame, skip: tuple[str, ...], source: str = "<memory>",
+                name: str = "") -> dict[str, pd.Series]:
+    """Numeric columns → float64, others → string (missing stays NaN), so CSV and Parquet agree.
+    Infinite numbers are refused (NaN and empty cells mean missing)."""
     out = {}
     for c in df.columns:
         if c in skip:
             continue
         s = df[c]
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            x = s.to_numpy(np.float64)
+            if np.isinf(x).any():
+                raise _first_bad(df, source, name, np.isinf(x), f"column {c!r} holds {x[np.isinf(x)][0]}; use a "
+                                 f"finite number, or leave the cell empty for missing")
             out[c] = s.astype(np.float64)
         else:
             out[c] = _text(s, missing=None)
@@ -195,26 +252,31 @@ def validate_tables(
     _unique(item_ids, src["items"], "items", "item_id")
 
     users_out = pd.DataFrame({"user_id": user_ids.to_numpy(), **{
-        k: v.to_numpy() for k, v in _attributes(users, ("user_id",)).items()}})
+        k: v.to_numpy() for k, v in _attributes(users, ("user_id",), src["users"], "users").items()}})
     text = _text(items["text"], missing="")
     items_out = pd.DataFrame({"item_id": item_ids.to_numpy(), "text": text.to_numpy(), **{
-        k: v.to_numpy() for k, v in _attributes(items, ("item_id", "text")).items()}})
+        k: v.to_numpy() for k, v in _attributes(items, ("item_id", "text"), src["items"], "items").items()}})
 
     ev_src = src["events"]
     ev_user = _ids(events, "user_id", ev_src, "events")
     ev_item = _ids(events, "item_id", ev_src, "events")
     ts = _numeric(events, "timestamp", ev_src, "events", required=True)
+    _check_timestamps(ts, events, ev_src, "events")
     value = (
         _numeric(events, "value", ev_src, "events", required=False)
         if "value" in events.columns
         else np.full(len(events), np.nan)
     )
+    if np.isinf(value).any():
+        raise _first_bad(events, ev_src, "events", np.isinf(value), f"value is {value[np.isinf(value)][0]}; use a "
+                         f"finite number, or leave the cell empty for none")
     ev = pd.DataFrame({
         "user_id": ev_user.to_numpy(),
         "item_id": ev_item.to_numpy(),
         "timestamp": np.floor(ts).astype(np.int64),
         "value": value,
-        **{k: v.to_numpy() for k, v in _attributes(events, ("user_id", "item_id", "timestamp", "value")).items()},
+        **{k: v.to_numpy() for k, v in _attributes(events, ("user_id", "item_id", "timestamp", "value"),
+                                                   ev_src, "events").items()},
     })
 
     report = DataReport(source=source if isinstance(source, str) else ", ".join(sorted(set(src.values()))))
@@ -233,15 +295,57 @@ def validate_tables(
     report.users, report.items, report.events = len(users_out), len(items_out), len(ev)
     report.users_without_events = int((np.bincount(user_row, minlength=len(users_out)) == 0).sum())
     report.items_without_events = int((np.bincount(item_row, minlength=len(items_out)) == 0).sum())
+    for col, known, rows, name in (("user_id", users_out["user_id"], unknown_user, "users"),
+                                   ("item_id", items_out["item_id"], unknown_item, "items")):
+        padded = _zero_padding_matches(ev_user if col == "user_id" else ev_item, rows, known)
+        if padded:
+            report.warnings.append(
+                f"{_where(ev_src, 'events')}: {padded[0]:,} events were dropped whose {col} matches one of "
+                f"{_where(src[name], name)} only without leading zeros (e.g. {padded[1]!r} vs {padded[2]!r}); write "
+                f"the ids the same way in both")
+    if report.events_read and report.events_dropped > report.events_read / 2:
+        report.warnings.append(f"{_where(ev_src, 'events')}: {report.events_dropped:,} of {report.events_read:,} "
+                               f"events were dropped (unknown user or item ids, duplicates)")
+    if len(items_out) and (items_out["text"].str.strip() == "").all():
+        report.warnings.append(f"{_where(src['items'], 'items')}: every item text is empty; the text source sees "
+                               f"nothing")
     return Tables(users=users_out, items=items_out, events=ev), report
 
 
-def read_table_dir(path: str) -> tuple[Tables, DataReport]:
-    """Reads `users`, `items`, `events` (`.csv` or `.parquet` each) from directory `path`."""
+def _zero_padding_matches(ids: pd.Series, unknown: np.ndarray, known: pd.Series) -> tuple | None:
+    """(count, an event's id, the known id) of unknown ids that equal a known id once leading
+    zeros are stripped from both (``7`` vs ``007``), or None."""
+    if not unknown.any():
+        return None
+    strip = lambda s: s.astype(str).str.lstrip("0").replace("", "0")  # noqa: E731
+    lookup = pd.Series(known.to_numpy(), index=strip(known).to_numpy())
+    lookup = lookup[~lookup.index.duplicated()]
+    missing = ids[unknown]
+    stripped = strip(missing)
+    hit = stripped.isin(lookup.index).to_numpy()
+    if not hit.any():
+        return None
+    first = int(np.flatnonzero(hit)[0])
+    return int(hit.sum()), missing.iloc[first], lookup[stripped.iloc[first]]
+
+
+def settle_warnings(warnings, strict: bool, log=print) -> list[str]:
+    """Suspicious-but-usable data: each warning is logged and returned (for the summary); with
+    ``data.strict`` they are an error."""
+    warnings = list(warnings)
+    if warnings and strict:
+        raise DataError("data.strict=True and the data look wrong: " + "; ".join(warnings))
+    for w in warnings:
+        log(f"warning: {w}")
+    return warnings
+
+
+def read_table_dir(path: str, encoding: str = "utf-8") -> tuple[Tables, DataReport]:
+    """Reads `users`, `items`, `events` (`.csv` in ``encoding`` or `.parquet` each) from directory `path`."""
     if not os.path.isdir(path):
         raise DataError(f"{path}: not a directory (expected users, items, events tables in it)")
     files = {name: _table_file(path, name) for name in REQUIRED_COLUMNS}
-    frames = {name: _read_file(f, name) for name, f in files.items()}
+    frames = {name: _read_file(f, name, encoding) for name, f in files.items()}
     tables, report = validate_tables(frames["users"], frames["items"], frames["events"], source=files)
     report.source = path
     return tables, report

@@ -316,4 +316,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from u2qt.errors import cli_exit
+    raise SystemExit(cli_exit(main))

@@ -281,4 +281,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from u2qt.errors import cli_exit
+    raise SystemExit(cli_exit(main))

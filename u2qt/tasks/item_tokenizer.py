@@ -33,6 +33,7 @@ import numpy as np
 from u2qt import losses
 from u2qt.data.lcrec import read_lcrec
 from u2qt.data.sequences import leave_one_out, position_examples
+from u2qt.data.tables import settle_warnings
 from u2qt.data.text import item_text_table
 from u2qt.models.rqvae import CODEBOOKS, RQVAE
 from u2qt.models.sasrec import SASRec
@@ -77,6 +78,7 @@ class ItemTokenizerTask(ItemTextCodes):
         self.cooc = c.beta > 0 and c.w_cooc > 0
         data = read_lcrec(cfg.data.path, max_description_chars=cfg.data.max_description_chars)
         log(f"data: {data.report.summary()}")
+        self.data_warnings = settle_warnings(data.report.warnings, cfg.data.strict, log)
         self.data = data
         self.rows = {"target": np.arange(1, data.num_items + 1, dtype=np.int32)}
         self.row_ids = list(data.item_ids)

@@ -31,6 +31,7 @@ import numpy as np
 
 from u2qt.data.lcrec import read_lcrec
 from u2qt.data.sequences import leave_one_out, next_item_examples, remove_cold_items
+from u2qt.data.tables import DataError, settle_warnings
 from u2qt.data.text import item_text_table
 from u2qt.eval import ranking
 from u2qt.models.rqvae import RQVAE
@@ -62,16 +63,22 @@ class RecommenderTask:
         self.cfg = cfg
         data = read_lcrec(d.path, max_description_chars=d.max_description_chars)
         log(f"data: {data.report.summary()}")
+        self.data_warnings = settle_warnings(data.report.warnings, d.strict, log)
         self.data = data
         cold = remove_cold_items(leave_one_out(data.sequences), data.num_items, d.cold_fraction, d.cold_seed)
         self.split, self.cold = cold.split, cold.cold
         self.examples = next_item_examples(self.split.train, d.max_history)
+        if not len(self.examples["inputs"]):
+            raise DataError(f"{d.path}: no training sequences are left once the validation and test items are held out")
         cap = cfg.train.target_capacity  # -1: sized from the data (see sasrec.target_capacity); 0: all B · T
         if cap < 0:
             cap = target_capacity(self.examples["targets"], cfg.train.batch_size)
         self.capacity = cap or None
         self.valid_cases = ranking.make_eval_cases(self.split, "valid", d.max_history)
         self.test_cases = ranking.make_eval_cases(self.split, "test", d.max_history)
+        if not len(self.valid_cases):
+            raise DataError(f"{d.path}: no user has the 3 or more interactions that leave-one-out needs for a "
+                            f"validation and a test case, so nothing could be evaluated")
         self.constants = {}
         self.sasrec = self._make_sasrec(cache_dir)
         if len(self.cold):  # cold items are not in the training softmax (not even as negatives)

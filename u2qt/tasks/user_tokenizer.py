@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from u2qt import files, losses
 from u2qt.data.load import load_data
+from u2qt.data.tables import settle_warnings
 from u2qt.data.text import item_text_table
 from u2qt.models.user_tokenizer import U2QT, ModelSpec, active_terms
 from u2qt.nn.layers import masked_mean
@@ -31,6 +32,7 @@ class UserTokenizerTask:
         data = load_data(cfg.data)
         if data.report is not None:
             log(f"data: {data.report}")
+        self.data_warnings = settle_warnings(data.warnings, cfg.data.strict, log)
         self.cfg = cfg
         self.data = data
         self.examples = self.rows = data.examples

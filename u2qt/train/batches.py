@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from u2qt.errors import NonFiniteError
+
 DATA_STREAM = 0x5EED  # folded into the seed: the data order's own key
 
 
@@ -45,7 +47,7 @@ def check_finite(arrays: dict, ids: list[str] | None = None) -> None:
         rows = nonfinite_rows(value)
         if len(rows):
             named = [ids[r] for r in rows[:5]] if ids is not None else rows[:5].tolist()
-            raise FloatingPointError(f"example key {key!r} holds NaN/Inf in {len(rows)} rows, e.g. rows "
+            raise NonFiniteError(f"example key {key!r} holds NaN/Inf in {len(rows)} rows, e.g. rows "
                                      f"{rows[:5].tolist()}" + (f" (ids {named})" if ids is not None else ""))
 
 

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from u2qt.errors import NonFiniteError, WorkdirError
+
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
@@ -27,8 +29,8 @@ def check_finite(state, step: int, last_saved: int | None) -> None:
     if not bool(_all_finite(state)):
         keep = (f"the checkpoint of step {last_saved} stays the resume point" if last_saved is not None
                 else "no checkpoint was written")
-        raise FloatingPointError(f"step {step}: the train state holds NaN/Inf, so it was not saved; {keep}. "
-                                 f"Lower train.lr or check the data")
+        raise NonFiniteError(f"step {step}: the train state holds NaN/Inf, so it was not saved; {keep}. "
+                             f"Lower train.lr or check the data")
 
 
 def manager(directory: str, keep: int) -> ocp.CheckpointManager:
@@ -57,7 +59,11 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter=None):
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
         items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    except ValueError as e:  # shapes or structure differ from what this run builds
+        raise WorkdirError(f"the checkpoint of step {step} in {mngr.directory} does not fit this run's model "
+                           f"({str(e).splitlines()[0][:300]}); use a new --workdir") from e
     return restored["state"], step
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from u2qt import config as config_lib
 from u2qt import defaults
 from u2qt import files
+from u2qt.errors import NonFiniteError
 from u2qt.data.pipeline import make_train_iterator
 from u2qt.data.tfds_builder import build_data_source, examples_fingerprint
 from u2qt.tasks.core import Evaluates, Tokenizes, make_task
@@ -33,7 +34,8 @@ from u2qt.train import checkpoint, report
 from u2qt.train.codebooks import CodebookHook
 from u2qt.train.sharding import Placement
 from u2qt.train.step import init_state, make_optimizer, make_train_step
-from u2qt.train.workdir import MetricsWriter, lock_workdir, prepare_workdir, release_workdir
+from u2qt.train.workdir import (MetricsWriter, check_config, check_data, data_fingerprint, has_checkpoint,
+                                lock_workdir, release_workdir, save_config)
 
 IN_FLIGHT = 2  # train steps queued ahead of the host
 
@@ -48,7 +50,7 @@ def check_batch(batch: dict, step: int) -> None:
     for key, value in batch.items():
         rows = batches_lib.nonfinite_rows(value)
         if len(rows):
-            raise FloatingPointError(f"step {step}: batch key {key!r} holds NaN/Inf in batch rows {rows[:5].tolist()}")
+            raise NonFiniteError(f"step {step}: batch key {key!r} holds NaN/Inf in batch rows {rows[:5].tolist()}")
 
 
 def run(cfg, workdir: str) -> dict:
@@ -60,14 +62,21 @@ def run(cfg, workdir: str) -> dict:
 def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     # ------------------------------------------------------------------ config, workdir, task
     config_lib.validate(cfg, defaults.CONSTRAINTS, defaults.cross_key_problems)  # before any work
-    prepare_workdir(cfg, workdir)
+    check_config(cfg, workdir)  # reads only: checkpoints of another config are refused before data are read
+    os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         scope.callback(release_workdir, lock_workdir(workdir))
     cache_dir = cfg.data.cache_dir or os.path.join(workdir, "cache")
     t_start = time.time()
     task = make_task(cfg, cache_dir, log)
-    if hasattr(task, "write_spec") and jax.process_index() == 0:
-        task.write_spec(workdir)
+    resuming = has_checkpoint(workdir)
+    if jax.process_index() == 0:  # the data are read and valid: now the workdir is this run's
+        inputs = data_fingerprint(cfg.data.get("path", ""), examples_fingerprint(task.examples),
+                                  extra=(cfg.model.get("codes_path", ""),))
+        check_data(workdir, inputs, resuming, cfg.train.finetune_changed_data, log)
+        save_config(cfg, workdir)
+        if hasattr(task, "write_spec"):
+            task.write_spec(workdir)
     tokenizer = isinstance(task, Tokenizes)
     evaluates = isinstance(task, Evaluates)
     model_examples = {k: v for k, v in task.examples.items() if k in task.model_keys}
@@ -190,7 +199,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             bad = [k for k, v in m.items() if not np.isfinite(v)]
             if bad:
-                raise FloatingPointError(f"step {done}: non-finite {bad}; no checkpoint written for this step")
+                raise NonFiniteError(f"step {done}: non-finite {bad}; no checkpoint written for this step")
             now = time.time()
             m["rows_per_s"] = (done - step_last) * cfg.train.batch_size / max(now - t_last, 1e-9)
             t_last, step_last = now, done
@@ -228,6 +237,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         summary.update(codes_summary)
     if evaluates:
         summary["test"] = task.report(params, constants)
+    if getattr(task, "data_warnings", None):
+        summary["data_warnings"] = task.data_warnings
     summary["steps"] = steps
     summary["wall_seconds"] = time.time() - t_start
     if jax.process_index() == 0:

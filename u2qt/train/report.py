@@ -18,6 +18,8 @@ def summary_text(summary: dict, workdir: str, row_kind: str = "user") -> str:
     if "test" in summary:
         lines.append("  test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()
                                             if isinstance(v, (int, float))))
+    for w in summary.get("data_warnings", ()):
+        lines.append(f"  data warning: {w}")
     if "views" not in summary:
         return "\n".join(lines)
     lines.append(f"  {summary['rows']} rows tokenized")

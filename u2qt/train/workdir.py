@@ -1,8 +1,9 @@
-"""A run's directory: its resolved config (a rerun resumes only the same run), the lock that
-keeps a second run out, its metrics log (JSONL and TensorBoard, from process 0 only), and the
-persistent cache of compiled programs."""
+"""A run's directory: its resolved config and a fingerprint of its data (a rerun resumes only the
+same run on the same data), the lock that keeps a second run out, its metrics log (JSONL and
+TensorBoard, from process 0 only), and the persistent cache of compiled programs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -12,8 +13,11 @@ import jax
 
 from u2qt import config as config_lib
 from u2qt import files
+from u2qt.errors import WorkdirError
 
-RESUME_IGNORED = ("train.progress", "train.halt_after_step")
+# Keys a resumed run may change: they do not change what is trained.
+RESUME_IGNORED = ("train.progress", "train.halt_after_step", "train.finetune_changed_data", "data.strict")
+FINGERPRINT = "data_fingerprint.json"
 
 
 def enable_compilation_cache(path: str | None = None) -> None:
@@ -34,20 +38,94 @@ def _flat(cfg_dict: dict, prefix: str = "") -> dict:
     return out
 
 
-def prepare_workdir(cfg, workdir: str) -> None:
-    """Saves the resolved config; refuses to resume a workdir that holds a different run."""
-    os.makedirs(workdir, exist_ok=True)
+def has_checkpoint(workdir: str) -> bool:
+    """Whether ``<workdir>/checkpoints`` holds a complete checkpoint (Orbax names it by its step;
+    an unfinished save is ``<step>.orbax-checkpoint-tmp-…``)."""
+    path = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
+
+
+def check_config(cfg, workdir: str) -> None:
+    """Refuses to resume a workdir whose checkpoints belong to a different config. Reads only."""
     path = os.path.join(workdir, "config.json")
-    current = json.loads(config_lib.to_json(cfg))
-    if os.path.exists(path):
+    if not (os.path.exists(path) and has_checkpoint(workdir)):
+        return  # nothing to resume: a new config may take the workdir
+    try:
         saved = json.load(open(path))
-        a, b = _flat(saved), _flat(current)
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_IGNORED)
-        if diff:
-            raise config_lib.ConfigError(
-                f"{workdir} holds a run with a different config (keys {diff}); use a new --workdir "
-                f"or the same config to resume")
-    files.write_json(path, current)
+    except ValueError as e:
+        raise WorkdirError(f"{path} is not valid JSON ({e}); this workdir's config is unreadable") from None
+    a, b = _flat(saved), _flat(json.loads(config_lib.to_json(cfg)))
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_IGNORED)
+    if diff:
+        shown = ", ".join(f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in diff[:6])
+        raise WorkdirError(f"{workdir} holds a run with a different config ({shown}"
+                           f"{', ...' if len(diff) > 6 else ''}); use a new --workdir or the same config to resume")
+
+
+def save_config(cfg, workdir: str) -> None:
+    files.write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(cfg)))
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_fingerprint(data_path: str, derived: str, extra: tuple[str, ...] = ()) -> dict:
+    """What a run trained on: each file of the data directory and each ``extra`` input file (bytes
+    and SHA-256; hidden files skipped), and ``derived``, a hash of the examples built from them."""
+    paths = {}
+    if data_path and os.path.isdir(data_path):
+        paths = {name: os.path.join(data_path, name) for name in sorted(os.listdir(data_path))
+                 if not name.startswith(".") and os.path.isfile(os.path.join(data_path, name))}
+    paths.update({p: p for p in extra if p and os.path.isfile(p)})
+    listed = {name: {"bytes": os.path.getsize(full), "sha256": _sha256(full)} for name, full in paths.items()}
+    return {"path": data_path, "files": listed, "examples": derived}
+
+
+def _changes(saved: dict, now: dict) -> list[str]:
+    out = []
+    a, b = saved.get("files", {}), now.get("files", {})
+    for name in sorted(set(a) | set(b)):
+        if name not in b:
+            out.append(f"{name} is gone")
+        elif name not in a:
+            out.append(f"{name} is new")
+        elif a[name] != b[name]:
+            size = (f"{a[name]['bytes']:,} -> {b[name]['bytes']:,} bytes" if a[name]["bytes"] != b[name]["bytes"]
+                    else "same size, other content")
+            out.append(f"{name} changed ({size})")
+    if not out and saved.get("examples") != now.get("examples"):
+        out.append("the examples built from it differ")
+    return out
+
+
+def check_data(workdir: str, fingerprint: dict, resuming: bool, finetune: bool, log=print) -> None:
+    """Refuses to resume checkpoints on data other than theirs (saying what changed) unless
+    ``finetune`` (config ``train.finetune_changed_data``); records the data of a new run."""
+    path = os.path.join(workdir, FINGERPRINT)
+    saved = None
+    if resuming and os.path.exists(path):
+        try:
+            saved = json.load(open(path))
+        except ValueError:
+            saved = None  # cut short by a kill: the files are what counts now
+    if saved is not None:
+        changes = _changes(saved, fingerprint)
+        if not changes:
+            return
+        what = "; ".join(changes[:8]) + ("; ..." if len(changes) > 8 else "")
+        if not finetune:
+            raise WorkdirError(
+                f"{workdir}: the data in {fingerprint['path'] or '(synthetic)'} changed since its checkpoints were "
+                f"written ({what}); resuming would mix two data sets. Use a new --workdir, or "
+                f"--config.train.finetune_changed_data=True to continue training the checkpoint on the new data")
+        log(f"data changed since the checkpoint ({what}); fine-tuning it on the new data "
+            f"(train.finetune_changed_data)")
+    files.write_json(path, fingerprint)
 
 
 LOCK = "run.lock"
@@ -79,7 +157,7 @@ def lock_workdir(workdir: str) -> str:
                 owner = {}
             stale = owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) and not _alive(owner["pid"])
             if not stale:
-                raise config_lib.ConfigError(
+                raise WorkdirError(
                     f"{workdir} is in use by the run of pid {owner.get('pid', '?')} on host {owner.get('host', '?')} "
                     f"(since {owner.get('since', '?')}); wait for it to end, or delete {path} if that run is gone")
             os.remove(path)  # its owner died: take it over
@@ -87,7 +165,7 @@ def lock_workdir(workdir: str) -> str:
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         return path
-    raise config_lib.ConfigError(f"{path}: another run took the lock at the same moment; try again")
+    raise WorkdirError(f"{path}: another run took the lock at the same moment; try again")
 
 
 def release_workdir(path: str) -> None:
