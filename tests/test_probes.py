@@ -162,6 +162,20 @@ def _users_parquet_too(root):
     pd.read_csv(os.path.join(root, "data", "users.csv")).to_parquet(os.path.join(root, "data", "users.parquet"))
 
 
+def _config_file(text):
+    return lambda root: open(os.path.join(root, "bad.py"), "w").write(text)
+
+
+def _damage_newest_checkpoint(root):
+    newest = os.path.join(root, "run", "checkpoints", "12")
+    for folder, _, names in os.walk(newest):
+        for name in names:
+            path = os.path.join(folder, name)
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:
+                f.write(b"\x00garbage" * max(1, size // 8))
+
+
 def _rm(name):
     return lambda root: os.remove(os.path.join(root, "data", name))
 
@@ -203,9 +217,20 @@ RERUN_PROBES = [
     ("unknown_argument", None, ["--steps=3"], ["unknown argument '--steps=3'"]),
     ("section", None, ["--config.train=3"], ["config key 'train' is a section"]),
     ("empty_path", None, ["--config.data.path="], ["data.path is empty", "data.format='tables'"]),
+    ("lr_inf", None, ["--config.train.lr=1e999"], ["train.lr=inf must be a finite number"]),
+    ("config_syntax", _config_file("def get_config(arg):\n    return (\n"), ["--config", "bad.py"],
+     ["bad.py", "invalid python"]),
+    ("config_raises", _config_file("def get_config(arg):\n    return 1 / 0\n"), ["--config", "bad.py"],
+     ["bad.py", "line 2", "ZeroDivisionError"]),
+    ("config_not_configdict", _config_file("def get_config(arg):\n    return {}\n"), ["--config", "bad.py"],
+     ["bad.py", "not an ml_collections.ConfigDict"]),
     # -- the workdir
     ("other_config", None, ["--config.train.lr=0.5"], ["holds a run with a different config", "train.lr: 0.002 -> 0.5"]),
     ("live_lock", _live_lock, [], ["is in use by the run of pid", str(os.getpid())]),
+    ("workdir_is_file", lambda r: open(os.path.join(r, "afile"), "w").write("x"), ["--workdir", "afile"],
+     ["--workdir afile is a file"]),
+    ("damaged_checkpoint", _damage_newest_checkpoint, [], ["cannot restore the checkpoint of step 12",
+                                                           "move that step's folder away"]),
     ("data_changed", _one_more_event, [], ["data in data changed since its checkpoints", "events.csv changed",
                                            "finetune_changed_data"]),
     # -- the tables reader: what and where

@@ -11,6 +11,7 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
 import os
 from typing import Any, Iterable
 
@@ -26,7 +27,12 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"config file not found: {path!r}")
     module_spec = importlib.util.spec_from_file_location(f"u2qt_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"{path}: line {e.lineno}: invalid Python: {e.msg}") from e
+    except Exception as e:  # noqa: BLE001 — the config file's own code failed: say where
+        raise ConfigError(f"{path}: {_where_in(e, path)}{type(e).__name__}: {e}") from e
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config(arg)")
     try:
@@ -35,8 +41,20 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         raise
     except ValueError as e:  # e.g. an unknown variant
         raise ConfigError(f"{path}: {e}") from e
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{path}: get_config({arg!r}) failed: {_where_in(e, path)}{type(e).__name__}: {e}") from e
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config returned {type(cfg).__name__}, not an ml_collections.ConfigDict")
     cfg.lock()
     return cfg
+
+
+def _where_in(exc: BaseException, path: str) -> str:
+    """"line N: " of the deepest frame of ``exc``'s traceback that is in ``path``, or ""."""
+    import traceback
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__)
+             if os.path.abspath(f.filename) == os.path.abspath(path)]
+    return f"line {lines[-1]}: " if lines else ""
 
 
 def variants(arg: str | None, where: str, *, choose: dict[str, tuple[str, ...]] = None,
@@ -153,6 +171,14 @@ def parse_args(argv: list[str], default_config: str) -> tuple[ml_collections.Con
     return apply_overrides(cfg, overrides), workdir
 
 
+def _leaves(cfg: ml_collections.ConfigDict, prefix: str = ""):
+    for k, v in cfg.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
 def to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
 
@@ -162,7 +188,8 @@ def validate(cfg: ml_collections.ConfigDict, constraints: dict, rules=lambda cfg
     does not hold is skipped) and cross-key rule (``rules(cfg)`` -> problems), checked before any
     data is read or anything compiles; all problems are reported at once. The declarations live
     next to the defaults (``u2qt.defaults.CONSTRAINTS``, ``cross_key_problems``)."""
-    problems = []
+    problems = [f"{key}={value!r} must be a finite number" for key, value in _leaves(cfg)
+                if isinstance(value, float) and not math.isfinite(value)]
     for key, (test, want) in constraints.items():
         node, found = cfg, True
         for part in key.split("."):

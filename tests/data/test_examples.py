@@ -173,3 +173,28 @@ def test_synthetic_planted_structure():
     overlap = np.array([len(words[i] & words[j]) for i, j in pairs])
     same = topic[pairs[:, 0]] == topic[pairs[:, 1]]
     assert overlap[same].mean() > overlap[~same].mean() + 1.0
+
+
+@pytest.mark.parametrize("extreme", [1e300, -1e300, 1e30])
+def test_one_extreme_value_cannot_erase_a_numeric_column(extreme):
+    """Clipped at the median ± 10 robust standard deviations, so the other users keep their spread;
+    without it the column's std would be huge (or infinite) and every other user's value ≈ 0."""
+    rng = np.random.default_rng(0)
+    heights = rng.normal(170, 10, 200)
+    heights[7] = extreme
+    tables = small_tables()
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(200)], "height": heights})
+    events = pd.DataFrame({"user_id": ["u0"], "item_id": ["x1"], "timestamp": [T0]})
+    tables = validate_tables(users, tables.items, events)[0]
+    spec, ex = build_examples(tables, max_events=4, holdout=0, min_input=1)
+    others = np.delete(ex["num"][:, 0], 7)
+    assert 0.8 < others.std() < 1.2 and np.all(np.isfinite(ex["num"]))
+    assert spec.num_clipped == {"height": 1} and np.isfinite(spec.num_std[0])
+    assert spec.num_clip_lo[0] < heights.min() + 1 or extreme < 0
+    assert DatasetSpec.from_json(spec.to_json()) == spec and "Infinity" not in spec.to_json()
+
+
+def test_ordinary_columns_are_not_clipped():
+    spec, _ = build_examples(small_tables(), max_events=8, holdout=2, min_input=3)
+    assert spec.num_clipped == {}
+    assert spec.num_clip_lo == [1.0] and spec.num_clip_hi == [3.0]  # the observed range

@@ -196,3 +196,19 @@ def test_movielens_1m_shared_copy():
     assert sorted(tables.users["age"].unique().tolist(), key=int) == ["1", "18", "25", "35", "45", "50", "56"]
     assert tables.items["text"].str.contains("é").any()  # decoded as Latin-1
     assert tables.items["year"].notna().all()
+
+
+def test_a_utf8_byte_order_mark_does_not_rename_the_first_column(tmp_path):
+    write_dir(tmp_path)
+    (tmp_path / "users.csv").write_bytes(b"\xef\xbb\xbf" + USERS.encode())
+    tables, _ = read_table_dir(str(tmp_path))
+    assert list(tables.users.columns)[:2] == ["user_id", "gender"]
+
+
+def test_latin1_is_read_when_the_config_says_so(tmp_path):
+    write_dir(tmp_path)
+    (tmp_path / "users.csv").write_bytes("user_id,city\n1,Orléans\n2,Paris\n3,Nîmes\n4,Lyon\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"users\.csv: line 2: byte 0xe9 is not utf-8 text.*data\.encoding"):
+        read_table_dir(str(tmp_path))
+    tables, _ = read_table_dir(str(tmp_path), encoding="latin-1")
+    assert tables.users["city"].tolist() == ["Orléans", "Paris", "Nîmes", "Lyon"]

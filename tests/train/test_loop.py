@@ -218,7 +218,10 @@ def test_synthetic_run_recovers_the_planted_types(tmp_path, compile_cache):
         config_lib.apply_override(cfg, key, value)
     summary = train(cfg, tmp_path)
     assert summary["purity_first_code"] >= 0.8, summary
-    assert min(summary["views"]["shared"]["usage"]) >= 0.9, summary["views"]["shared"]
+    # No codebook collapse (a collapsed level uses a handful of its 64 codes). This halved run used
+    # 58-60 codes of its last level on one CPU and 57 on another (XLA's float rounding differs
+    # between CPU types), so the bound leaves room below that.
+    assert min(summary["views"]["shared"]["usage"]) >= 0.85, summary["views"]["shared"]
 
 
 def test_a_bad_config_is_refused_before_the_workdir_is_touched(tmp_path):

@@ -105,12 +105,14 @@ def robust_bounds(x: np.ndarray) -> tuple[float, float]:
 
 
 def _mean_std(x: np.ndarray) -> tuple[float, float]:
-    """Mean and std without overflow for huge magnitudes (scaled by the largest |x| first)."""
+    """Mean and std; huge magnitudes are scaled by the largest |x| first so squares cannot overflow."""
     if not len(x):
         return 0.0, 1.0
-    scale = float(np.max(np.abs(x))) or 1.0
-    z = x / scale
-    mean, std = float(z.mean()) * scale, float(z.std()) * scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(x.mean()), float(x.std())
+    if not (np.isfinite(mean) and np.isfinite(std)):
+        scale = float(np.max(np.abs(x)))
+        mean, std = float((x / scale).mean()) * scale, float((x / scale).std()) * scale
     return mean, (std if std > 0 and np.isfinite(std) else 1.0)
 
 

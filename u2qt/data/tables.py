@@ -110,8 +110,9 @@ def _read_file(filename: str, name: str, encoding: str = "utf-8") -> pd.DataFram
     if magic[:2] == b"\x1f\x8b":
         raise DataError(f"{filename}: is gzip-compressed; give the decompressed {name}.csv (or {name}.parquet)")
     try:
+        # utf-8-sig reads UTF-8 and drops a byte-order mark (else it sticks to the first column's name).
         return pd.read_csv(filename, dtype={c: str for c in id_cols + ["text"]}, keep_default_na=True,
-                           encoding=encoding)
+                           encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
     except UnicodeDecodeError as e:
         raise DataError(f"{filename}: {_undecodable(filename, encoding)} is not {encoding} text; if the file "
                         f"has another encoding, set --config.data.encoding (e.g. latin-1)") from None

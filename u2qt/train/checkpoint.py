@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from u2qt.errors import NonFiniteError, WorkdirError
+from u2qt.errors import STORAGE_ERRNOS, NonFiniteError, WorkdirError
 
 
 @jax.jit
@@ -61,9 +61,12 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iter=None):
         items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
-    except ValueError as e:  # shapes or structure differ from what this run builds
-        raise WorkdirError(f"the checkpoint of step {step} in {mngr.directory} does not fit this run's model "
-                           f"({str(e).splitlines()[0][:300]}); use a new --workdir") from e
+    except (ValueError, OSError, KeyError) as e:  # shapes or structure differ, or files are damaged
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            raise
+        raise WorkdirError(f"cannot restore the checkpoint of step {step} in {mngr.directory}: it does not fit "
+                           f"this run's model or its files are damaged ({str(e).splitlines()[0][:300]}); move "
+                           f"that step's folder away to resume from an earlier one, or use a new --workdir") from e
     return restored["state"], step
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from u2qt import config as config_lib
 from u2qt import defaults
 from u2qt import files
-from u2qt.errors import NonFiniteError
+from u2qt.errors import NonFiniteError, WorkdirError
 from u2qt.data.pipeline import make_train_iterator
 from u2qt.data.tfds_builder import build_data_source, examples_fingerprint
 from u2qt.tasks.core import Evaluates, Tokenizes, make_task
@@ -63,6 +63,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     # ------------------------------------------------------------------ config, workdir, task
     config_lib.validate(cfg, defaults.CONSTRAINTS, defaults.cross_key_problems)  # before any work
     check_config(cfg, workdir)  # reads only: checkpoints of another config are refused before data are read
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         scope.callback(release_workdir, lock_workdir(workdir))
