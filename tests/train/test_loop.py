@@ -219,8 +219,8 @@ def test_synthetic_run_recovers_the_planted_types(tmp_path, compile_cache):
     summary = train(cfg, tmp_path)
     assert summary["purity_first_code"] >= 0.8, summary
     # No codebook collapse (a collapsed level uses a handful of its 64 codes). This halved run used
-    # at least 58 codes of its last level on the machines of earlier sessions and 57 on this one (XLA's float rounding differs
-    # between CPU types), so the bound leaves room below that.
+    # at least 58 codes of its last level on the machines of earlier sessions and 57 on another
+    # (XLA's float rounding differs between CPU types), so the bound leaves room below that.
     assert min(summary["views"]["shared"]["usage"]) >= 0.85, summary["views"]["shared"]
 
 
