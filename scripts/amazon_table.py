@@ -4,8 +4,9 @@
 
 Recommender runs: data set, item representation, cold start, the validation-selected step and its
 validation NDCG@10, test Recall/NDCG@5/10 (and on cold-start items when the run has them), seed.
-Item-tokenizer runs: collision rate of the 3-code ID before de-duplication (and of the nearest
-codes, when the last level was made collision-free), largest group, uniqueness after
+Item-tokenizer runs: collision rate ((N − distinct)/N, as the field reports it) of the 3-code ID
+before de-duplication (and of the nearest codes, when the last level was made collision-free), the
+share of items whose nearest codes another item shares, largest group, uniqueness after
 de-duplication, code usage per level.
 """
 from __future__ import annotations
@@ -44,7 +45,8 @@ def recommender_rows(runs: list[tuple[str, dict, dict]]) -> list[str]:
 
 
 def tokenizer_rows(runs: list[tuple[str, dict, dict]]) -> list[str]:
-    head = ("| data | items | levels x codes | steps | collision rate | nearest-code collision rate | largest group | unique after de-dup | "
+    head = ("| data | items | levels x codes | steps | collision rate | nearest-code collision rate | "
+            "items sharing nearest codes | largest group | unique after de-dup | "
             "code usage per level | perplexity per level | seed | run |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for run, s, c in runs:
@@ -53,8 +55,11 @@ def tokenizer_rows(runs: list[tuple[str, dict, dict]]) -> list[str]:
         usage = " / ".join(f"{u:.0%}" for u in view["usage"])
         ppl = " / ".join(f"{p:.0f}" for p in view["perplexity"])
         nearest = f"{ids['nearest_collision_rate']:.2%}" if "nearest_collision_rate" in ids else "same"
+        sharing = ids.get("nearest_rows_sharing_codes", s.get("rows_sharing_codes"))
+        sharing = f"{sharing:.2%}" if sharing is not None else "-"
         lines.append(f"| {_dataset(c)} | {s['rows']} | {levels} x {c['quantizer']['item_codes']} | {s['steps']} | "
-                     f"{s['collision_rate']:.2%} | {nearest} | {ids['largest_group']} | {ids['unique_after_dedup']:.0%} | "
+                     f"{s['collision_rate']:.2%} | {nearest} | {sharing} | {ids['largest_group']} | "
+                     f"{ids['unique_after_dedup']:.0%} | "
                      f"{usage} | {ppl} | {c['seed']} | {run} |")
     return lines
 

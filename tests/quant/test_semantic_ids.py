@@ -32,7 +32,8 @@ def test_dedup_on_random_codes_is_unique_and_minimal():
 def test_collision_stats_on_a_hand_made_table():
     codes = np.array([[1, 2, 3], [1, 2, 3], [1, 2, 3], [4, 5, 6], [4, 5, 6], [7, 8, 9], [7, 8, 0], [9, 9, 9]])
     s = collision_stats(codes)
-    assert s["collision_rate"] == pytest.approx(5 / 8)  # 3 + 2 items share their tuple
+    assert s["collision_rate"] == pytest.approx(3 / 8)  # 8 items, 5 distinct IDs
+    assert s["rows_sharing_codes"] == pytest.approx(5 / 8)  # 3 + 2 items share their tuple
     assert s["largest_group"] == 3
     assert s["distinct_ids"] == 5
     assert s["unique_after_dedup"] == 1.0
@@ -54,7 +55,7 @@ def test_collision_free_last_level_moves_only_colliding_prefixes_to_the_cheapest
     # 1.0 -> 1, 1.4 -> 2, 0.9 -> 0 (cost 0 + .36 + .81 = 1.17; any other is dearer)
     assert out[:, 1].tolist() == [1, 2, 0, 1, 3, 2]
     assert (out[:, 0] == codes[:, 0]).all()
-    assert collision_stats(out)["collision_rate"] == 0.0 and collision_stats(codes)["collision_rate"] == 0.5
+    assert collision_stats(out)["collision_rate"] == 0.0 and collision_stats(codes)["collision_rate"] == pytest.approx(2 / 6)
     # A prefix with more items than codes: K of them get distinct codes, the rest keep theirs.
     crowded = np.zeros((6, 2), np.int64)
     out = collision_free_last_level(crowded, np.linspace(0, 3, 6)[:, None], book)

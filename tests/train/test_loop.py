@@ -61,8 +61,10 @@ def test_run_writes_tokens_codebooks_metrics_summary_and_plot(finished_run):
     assert written["compression_x"] == pytest.approx(written["bytes_per_row_float32"] / written["bytes_per_row_tokens"])
     assert written["primary_view"] == "shared"
     # The reported numbers are those of the written table.
-    from u2qt.quant.stats import collision_rate, purity
-    assert written["collision_rate"] == collision_rate(shared)
+    from u2qt.quant.stats import collision_rate, purity, rows_sharing_codes
+    assert written["collision_rate"] == collision_rate(shared)  # (N − distinct)/N
+    assert written["rows_sharing_codes"] == rows_sharing_codes(shared)
+    assert written["collision_rate"] <= written["rows_sharing_codes"] <= 2 * written["collision_rate"]
     # 40 steps already beat chance: the first shared code separates the planted user types
     # better than the same codes dealt to the users at random (≈ 0.25 for 8 types in 16 codes).
     from u2qt.data.synthetic import make_synthetic

@@ -84,12 +84,14 @@ def collision_free_last_level(codes: np.ndarray, last_residuals: np.ndarray, las
 
 
 def collision_stats(codes: np.ndarray) -> dict:
-    """Collisions of a code table [N, L]: the share of rows whose tuple another row shares, the
-    largest group, the number of distinct IDs, uniqueness with the de-dup token and its largest value."""
+    """Collisions of a code table [N, L]: the collision rate ((N − distinct)/N, ``stats``), the
+    share of rows whose tuple another row shares, the largest group, the number of distinct IDs,
+    uniqueness with the de-dup token and its largest value."""
     codes = np.asarray(codes)
     _, counts = np.unique(codes, axis=0, return_counts=True)
     with_token = np.concatenate([codes, dedup_tokens(codes)[:, None]], 1)
     return {"collision_rate": stats.collision_rate(codes),
+            "rows_sharing_codes": stats.rows_sharing_codes(codes),
             "largest_group": int(counts.max()) if len(counts) else 0,
             "distinct_ids": int(len(counts)),
             "unique_after_dedup": float(len(np.unique(with_token, axis=0)) / max(len(codes), 1)),

@@ -1,5 +1,5 @@
 """Statistics of a table of codes (numpy): how many codes each level uses, how evenly, how many
-rows share their code tuple, how well a level separates planted labels, and the size of a token.
+rows collide (``collision_rate``, as the field defines it) or share their code tuple, how well a level separates planted labels, and the size of a token.
 
 Plain functions of the codes, so the run summary, the tests and the scripts use one definition.
 """
@@ -23,7 +23,17 @@ def code_usage(codes: np.ndarray, num_codes: int) -> dict:
 
 
 def collision_rate(codes: np.ndarray) -> float:
-    """Fraction of rows whose full code tuple (codes [N, L]) is shared with another row."""
+    """The collision rate as the field reports it (TIGER, LETTER, RQ-VAE-Recommender):
+    (N − distinct code tuples) / N over codes [N, L], the share of rows that would need another ID.
+    Two rows on one tuple count once: 1 of 2."""
+    if len(codes) == 0:
+        return 0.0
+    return float(1.0 - len(np.unique(codes, axis=0)) / len(codes))
+
+
+def rows_sharing_codes(codes: np.ndarray) -> float:
+    """Fraction of rows whose full code tuple (codes [N, L]) another row shares: two rows on one
+    tuple count twice, so this is up to twice ``collision_rate``."""
     if len(codes) == 0:
         return 0.0
     _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)

@@ -145,13 +145,15 @@ class CodebookHook:
             rel_err[view] = float(np.sum((z - z_hat) ** 2) / max(np.sum(z ** 2), 1e-12))
         table = SemanticIds(task.row_ids, exported, self.sizes, task.row_kind)
         summary = summarize(exported, self.sizes, continuous.shape[1], rel_err, getattr(task, "labels", None))
-        summary["ids"] = {k: v for k, v in table.collision_stats().items() if k != "collision_rate"}
+        summary["ids"] = {k: v for k, v in table.collision_stats().items()
+                          if k not in ("collision_rate", "rows_sharing_codes")}
         recon = getattr(task, "reconstruction_error", None)
         if recon:
             summary["reconstruction_mse"] = recon(params, exported, self.constants)
         if assign:
             first = table.primary_view
             summary["ids"]["nearest_collision_rate"] = stats.collision_rate(nearest[first])
+            summary["ids"]["nearest_rows_sharing_codes"] = stats.rows_sharing_codes(nearest[first])
             summary["ids"]["nearest_distinct_ids"] = int(len(np.unique(nearest[first], axis=0)))
             summary["ids"]["moved_to_a_free_code"] = float(np.mean(np.any(exported[first] != nearest[first], 1)))
         if jax.process_index() == 0:
@@ -177,7 +179,8 @@ def summarize(codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int], c
         "rows": int(len(primary)),  # users or items, one semantic ID each
         "views": views,
         "primary_view": next(iter(codes_by_view)),
-        "collision_rate": stats.collision_rate(primary),
+        "collision_rate": stats.collision_rate(primary),  # (N − distinct)/N, as the field reports it
+        "rows_sharing_codes": stats.rows_sharing_codes(primary),
         "collision_rate_all_views": stats.collision_rate(np.concatenate(list(codes_by_view.values()), 1)),
         "bytes_per_row_tokens": token_bits / 8,
         "bytes_per_row_float32": continuous_dim * 4,

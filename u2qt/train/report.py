@@ -10,13 +10,18 @@ import numpy as np
 from u2qt import files
 
 
+def _number(v) -> str:
+    """Counts as integers, rates and scores with 4 decimals."""
+    return f"{int(v):,}" if isinstance(v, int) or float(v).is_integer() and abs(v) >= 1 else f"{v:.4f}"
+
+
 def summary_text(summary: dict, workdir: str, row_kind: str = "user") -> str:
     lines = [f"done in {summary['wall_seconds']:.0f}s; outputs in {workdir}"]
     if "selected" in summary:
         lines.append(f"  selected the step-{summary['selected']['step']} parameters by "
                      f"{summary['selected']['metric']} = {summary['selected']['value']:.4f}")
     if "test" in summary:
-        lines.append("  test: " + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()
+        lines.append("  test: " + ", ".join(f"{k} {_number(v)}" for k, v in summary["test"].items()
                                             if isinstance(v, (int, float))))
     for w in summary.get("data_warnings", ()):
         lines.append(f"  data warning: {w}")
@@ -28,9 +33,18 @@ def summary_text(summary: dict, workdir: str, row_kind: str = "user") -> str:
         ppl = " ".join(f"{p:.0f}" for p in s["perplexity"])
         lines.append(f"  {view:>9}: code usage per level {usage}; perplexity {ppl}; "
                      f"relative quantization error {s['relative_quantization_error']:.3f}")
-    lines.append(f"  collision rate ({summary['primary_view']} codes): {summary['collision_rate']:.2%}; "
-                 f"bytes/{row_kind} {summary['bytes_per_row_tokens']:.1f} as tokens vs "
-                 f"{summary['bytes_per_row_float32']} as float32 ({summary['compression_x']:.0f}x smaller)")
+    ids = summary.get("ids", {})
+    which = (f"exported {summary['primary_view']} IDs" if "nearest_collision_rate" in ids
+             else f"{summary['primary_view']} codes, nearest (no collision-free step)")
+    lines.append(f"  collision rate ({which}), (N - distinct)/N: {summary['collision_rate']:.2%}; "
+                 f"{row_kind}s sharing their codes with another: {summary['rows_sharing_codes']:.2%}")
+    if "nearest_collision_rate" in ids:
+        lines.append(f"  before the collision-free last level (nearest codes): collision rate "
+                     f"{ids['nearest_collision_rate']:.2%}, {row_kind}s sharing {ids['nearest_rows_sharing_codes']:.2%}; "
+                     f"{ids['moved_to_a_free_code']:.2%} of {row_kind}s moved to a free code")
+    lines.append(f"  size: {summary['bytes_per_row_tokens']:.1f} bytes/{row_kind} as tokens vs "
+                 f"{summary['bytes_per_row_float32']} bytes as the float32 representation they quantize "
+                 f"({summary['compression_x']:.0f}x smaller)")
     if "purity_first_code" in summary:
         lines.append(f"  purity of the first {summary['primary_view']} code w.r.t. planted types: "
                      f"{summary['purity_first_code']:.3f}")
