@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO
 
-LAYERS = [("u2qt.errors",), ("u2qt.files", "u2qt.config", "u2qt.defaults", "u2qt.kernels"), ("u2qt.text",), ("u2qt.data",),
+LAYERS = [("u2qt.errors",), ("u2qt.progress", "u2qt.files", "u2qt.config", "u2qt.defaults", "u2qt.kernels"), ("u2qt.text",), ("u2qt.data",),
           ("u2qt.nn",), ("u2qt.losses",), ("u2qt.quant",), ("u2qt.models",), ("u2qt.eval",), ("u2qt.tasks",),
           ("u2qt.train",)]
 

@@ -87,7 +87,7 @@ class ItemTokenizerTask(ItemTextCodes):
             self.model_keys = ("target",) + (("history",) if self.u2i else ()) + (("cooc",) if self.cooc else ())
         else:
             self.examples, self.model_keys = self.rows, ("target",)
-        self.constants = {"item_text": item_text_table(data.item_texts, cache_dir, norm=cfg.data.text_norm)}
+        self.constants = {"item_text": item_text_table(data.item_texts, cache_dir, norm=cfg.data.text_norm, log=log)}
         self.stacks = {"item": (q.item_levels, q.item_codes)}
         self.rqvae = RQVAE(tuple(m.mlp_hidden), m.latent_dim, self.constants["item_text"].shape[1],
                            q.item_levels, q.item_codes)

@@ -60,7 +60,7 @@ class RecommenderTask:
 
     def __init__(self, cfg, cache_dir: str, log=print):
         m, d = cfg.model, cfg.data
-        self.cfg = cfg
+        self.cfg, self.log = cfg, log
         data = read_lcrec(d.path, max_description_chars=d.max_description_chars)
         log(f"data: {data.report.summary()}")
         self.data_warnings = settle_warnings(data.report.warnings, d.strict, log)
@@ -174,7 +174,7 @@ class LearnedCodesRecommenderTask(ItemTextCodes, RecommenderTask):
 
     def _make_sasrec(self, cache_dir) -> SASRec:
         m, q = self.cfg.model, self.cfg.quantizer
-        self.constants["item_text"] = item_text_table(self.data.item_texts, cache_dir, norm=self.cfg.data.text_norm)
+        self.constants["item_text"] = item_text_table(self.data.item_texts, cache_dir, norm=self.cfg.data.text_norm, log=self.log)
         self.stacks = {"item": (q.item_levels, q.item_codes)}
         self.rqvae = RQVAE(tuple(m.mlp_hidden), m.dim, self.constants["item_text"].shape[1], q.item_levels, q.item_codes,
                            decoder_on=self.cfg.loss.recon_weight > 0)

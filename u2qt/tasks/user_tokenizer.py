@@ -38,7 +38,7 @@ class UserTokenizerTask:
         self.examples = self.rows = data.examples
         self.row_ids = data.spec.user_ids
         self.labels = data.user_types
-        item_text = item_text_table(data.spec.item_texts, cache_dir)
+        item_text = item_text_table(data.spec.item_texts, cache_dir, log=log)
         self.constants = {"item_text": item_text}
         q = cfg.quantizer
         self.stacks = {"shared": (q.shared_levels, q.shared_codes),

@@ -276,11 +276,12 @@ class SentenceEncoder:
             texts = [t.lower() for t in texts]
         return [e.ids for e in self.tokenizer.encode_batch(texts)]
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress=None) -> np.ndarray:
         """[n, hidden] float32 unit embeddings, in the order of `texts`.
 
         `batch_size` bounds memory as in sentence-transformers: a call holds at most
         `batch_size` rows of `max_seq_length` tokens (many more texts when they are short).
+        `progress(n)`, if given, is called with the number of texts each call encoded.
         """
         if isinstance(texts, str):
             raise TypeError("encode takes a sequence of texts, not one str")
@@ -309,6 +310,8 @@ class SentenceEncoder:
                 emb = np.asarray(self._embed(self.params, input_ids, segment_ids, positions))
                 for r, row in enumerate(chunk):
                     out[row] = emb[r, :len(row)]
+                if progress is not None:
+                    progress(sum(len(row) for row in chunk))
         return out
 
     def row_length(self, num_tokens: int) -> int:
@@ -364,6 +367,15 @@ def _read_cache(path: str, n: int, dim: int) -> np.ndarray | None:
     return None
 
 
+def _encode_logged(model_dir: str, texts: list[str], batch_size: int, log, note: str) -> np.ndarray:
+    if log is None:
+        return _shared_encoder(model_dir).encode(texts, batch_size)
+    from u2qt.progress import Progress
+    log(f"text embeddings: encoding {len(texts):,} texts with the MiniLM sentence encoder ({note})")
+    with Progress(len(texts), "text embeddings", "texts", log=log) as bar:
+        return _shared_encoder(model_dir).encode(texts, batch_size, progress=bar.update)
+
+
 @functools.lru_cache(maxsize=2)
 def _shared_encoder(model_dir: str) -> SentenceEncoder:
     """One encoder per model folder and process (weights loaded and programs compiled once)."""
@@ -371,25 +383,28 @@ def _shared_encoder(model_dir: str) -> SentenceEncoder:
 
 
 def embed_texts(texts: Sequence[str], cache_dir: str | None = None, batch_size: int = 64, *,
-                model_dir: str | None = None) -> np.ndarray:
+                model_dir: str | None = None, log=None) -> np.ndarray:
     """`SentenceEncoder.encode`, cached on disk under `cache_dir` (None = no cache).
 
     The file is keyed by the model files' content, the truncation length and the texts, so a
     changed model or text list never reads stale embeddings. The encoder is loaded once per
-    process and only on a cache miss.
+    process and only on a cache miss. ``log`` (e.g. ``print``) says whether the cache was read
+    and shows the encoding's progress (rate, time left); None keeps quiet.
     """
     texts = [str(t) for t in texts]
     model_dir = os.path.abspath(model_dir or default_model_dir())
     if cache_dir is None:
-        return _shared_encoder(model_dir).encode(texts, batch_size)
+        return _encode_logged(model_dir, texts, batch_size, log, "no cache")
     _check_model_dir(model_dir)
     config = BertConfig.from_model_dir(model_dir)
     path = cache_path(cache_dir, model_fingerprint(model_dir, config.max_seq_length), texts)
     if os.path.exists(path):
         cached = _read_cache(path, len(texts), config.hidden_size)
         if cached is not None:
+            if log is not None:
+                log(f"text embeddings: {len(texts):,} read from the cache {path}")
             return cached
-    emb = _shared_encoder(model_dir).encode(texts, batch_size)
+    emb = _encode_logged(model_dir, texts, batch_size, log, f"cached afterwards in {path}")
     os.makedirs(cache_dir, exist_ok=True)
     files.atomic_write(path, lambda tmp: np.save(tmp, emb, allow_pickle=False))
     return emb

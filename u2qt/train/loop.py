@@ -26,6 +26,7 @@ from u2qt import config as config_lib
 from u2qt import defaults
 from u2qt import files
 from u2qt.errors import NonFiniteError, WorkdirError
+from u2qt.progress import Progress, on_terminal
 from u2qt.data.pipeline import make_train_iterator
 from u2qt.data.tfds_builder import build_data_source, examples_fingerprint
 from u2qt.tasks.core import Evaluates, Tokenizes, make_task
@@ -161,6 +162,9 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         if evaluates:
             ev.update(task.evaluate(state["params"], constants))
         writer.write(done, "eval", ev)
+        if select_metric in ev:
+            log(f"eval at step {done}: {select_metric} {ev[select_metric]:.4f} (best so far "
+                f"{max(ev[select_metric], float(state['best']['value'])):.4f})")
         if select_metric:
             if select_metric not in ev:
                 raise config_lib.ConfigError(f"config train.select_metric={select_metric!r} is not an eval metric; "
@@ -175,10 +179,9 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     steps = cfg.train.steps
     writer = MetricsWriter(workdir, resume_step=restored_step or 0)
     start = int(state["step"])
-    progress = None
-    if cfg.train.progress and jax.process_index() == 0 and start < steps:
-        from tqdm import tqdm
-        progress = tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True)
+    # A bar on a terminal (train.progress); elsewhere one log line per logging step.
+    progress = Progress(steps, "train", "steps", log=log, initial=start, every_s=float("inf"),
+                        bar=bool(cfg.train.progress) and on_terminal() and jax.process_index() == 0)
     t_last, step_last = time.time(), start
     halted = False
     in_flight = collections.deque()
@@ -197,6 +200,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         if len(in_flight) > IN_FLIGHT:
             jax.block_until_ready(in_flight.popleft())
         done = step + 1
+        progress.update(1)
         if done % cfg.train.log_every == 0 or done == steps:
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             bad = [k for k, v in m.items() if not np.isfinite(v)]
@@ -206,10 +210,9 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
             m["rows_per_s"] = (done - step_last) * cfg.train.batch_size / max(now - t_last, 1e-9)
             t_last, step_last = now, done
             writer.write(done, "train", m)
-            if progress is not None:
-                progress.set_postfix(loss=f"{m['loss']:.3f}", rows_s=f"{m['rows_per_s']:.0f}")
-        if progress is not None:
-            progress.update(1)
+            progress.postfix(loss=f"{m['loss']:.3f}", rows_s=f"{m['rows_per_s']:.0f}")
+            if progress.bar is None:
+                log(progress.line(f"loss {m['loss']:.4f}, {m['rows_per_s']:,.0f} {getattr(task, 'row_kind', 'row')}s/s"))
         if done % cfg.train.eval_every == 0 or done == steps:
             state = evaluate(state, done, writer)
         if done % cfg.train.checkpoint_every == 0 or done == steps or done == cfg.train.halt_after_step:
@@ -219,8 +222,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
             halted = True
             break
     mngr.wait_until_finished()
-    if progress is not None:
-        progress.close()
+    progress.close()
     if halted:
         log(f"halted after step {cfg.train.halt_after_step} (config train.halt_after_step); rerun to resume")
         writer.close()

@@ -27,7 +27,7 @@ def summary_text(summary: dict, workdir: str, row_kind: str = "user") -> str:
         lines.append(f"  data warning: {w}")
     if "views" not in summary:
         return "\n".join(lines)
-    lines.append(f"  {summary['rows']} rows tokenized")
+    lines.append(f"  {summary['rows']:,} {row_kind}s tokenized")
     for view, s in summary["views"].items():
         usage = " ".join(f"{u:.0%}" for u in s["usage"])
         ppl = " ".join(f"{p:.0f}" for p in s["perplexity"])
