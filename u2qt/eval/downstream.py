@@ -33,6 +33,7 @@ import optax
 import pandas as pd
 
 from u2qt import files
+from u2qt.errors import ConfigError, DataError
 from u2qt.data.load import load_data
 from u2qt.data.text import item_text_table
 from u2qt.eval.ranking import metrics_from_ranks, target_ranks
@@ -213,7 +214,7 @@ def genre_task(inputs: dict, data, fold, epochs: int) -> dict:
     """The genres of each user's held-out items (multi-label), macro AUC."""
     ex, items = data.examples, data.tables.items
     if "genres" not in items.columns:
-        return {}
+        return {"skipped": "the items table has no 'genres' column (pipe-separated names, e.g. Drama|Comedy)"}
     genre_lists = items["genres"].fillna("").astype(str).str.split("|")
     names = sorted({g for gs in genre_lists for g in gs if g})
     item_genres = np.zeros((len(items) + 1, len(names)), np.float32)
@@ -235,7 +236,7 @@ def attribute_task(inputs: dict, data, fold, attribute: str, epochs: int) -> dic
     values = data.tables.users[attribute].astype(str).to_numpy()
     classes = sorted(set(values))
     if len(classes) != 2:
-        raise ValueError(f"attribute task needs a binary attribute; {attribute!r} has {len(classes)} values")
+        raise DataError(f"the attribute task needs a binary attribute; {attribute!r} has {len(classes)} values")
     y = (values == classes[1]).astype(np.float32)
     results = {}
     for name, x in inputs.items():
@@ -262,7 +263,7 @@ def evaluate_attribute(workdir: str, attribute: str = "gender", epochs: int = 40
     """An attribute from a run whose tokenizer never saw it (refuses any other run)."""
     cfg, data, tokens, continuous, codebooks = load_run(workdir)
     if attribute not in tuple(cfg.data.exclude_user_columns):
-        raise ValueError(f"{workdir}: its tokenizer saw {attribute!r} (data.exclude_user_columns="
+        raise ConfigError(f"{workdir}: its tokenizer saw {attribute!r} (data.exclude_user_columns="
                          f"{tuple(cfg.data.exclude_user_columns)}); train one without it to predict it")
     inputs = _inputs(workdir, cfg, data, tokens, continuous, codebooks)
     return {attribute: attribute_task(inputs, data, user_split(data.spec.user_ids), attribute, epochs)}
@@ -273,7 +274,8 @@ def evaluate_run(workdir: str | None, attribute_workdir: str | None = None, attr
     """The behaviour tasks of `workdir` and the attribute task of `attribute_workdir` (either may
     be None; the bytes per user come from whichever run is given first)."""
     if workdir is None and attribute_workdir is None:
-        raise ValueError("give a tokenizer run for the behaviour tasks, the attribute task, or both")
+        raise ConfigError("give a tokenizer run for the behaviour tasks (--workdir), the attribute task "
+                          "(--attribute-workdir), or both")
     out = evaluate_behaviour(workdir, epochs) if workdir else {}
     if attribute_workdir:
         out.update(evaluate_attribute(attribute_workdir, attribute, epochs))
@@ -284,12 +286,17 @@ def evaluate_run(workdir: str | None, attribute_workdir: str | None = None, attr
 
 def format_table(results: dict) -> str:
     lines = ["| task | metric | tokens | continuous | raw | tokens / continuous |", "|---|---|---|---|---|---|"]
+    skipped = []
     for task, by_input in results.items():
         if task == "bytes_per_user" or not by_input:
+            continue
+        if "skipped" in by_input:
+            skipped.append(f"{task}: skipped, {by_input['skipped']}")
             continue
         for metric in by_input["tokens"]:
             t, c, r = (by_input[k][metric] for k in ("tokens", "continuous", "raw"))
             lines.append(f"| {task} | {metric} | {t:.4f} | {c:.4f} | {r:.4f} | {t / c:.3f} |")
+    lines += [""] + skipped if skipped else []
     b = results["bytes_per_user"]
     lines.append(f"\nbytes per user: tokens {b['tokens']:.1f}, continuous float32 {b['continuous']} "
                  f"({b['continuous'] / b['tokens']:.0f}x)")
