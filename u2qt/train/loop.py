@@ -250,7 +250,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         writer.write(steps, "final", {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         if exported is not None:
             report.plot_run(os.path.join(workdir, "training.png"), os.path.join(workdir, "metrics.jsonl"),
-                            exported, hook.sizes)
+                            exported, hook.sizes, title=f"{os.path.basename(os.path.abspath(workdir))}: task "
+                            f"{cfg.task}, {cfg.train.steps} steps, batch {cfg.train.batch_size}, seed {cfg.seed}")
     writer.close()
     log(report.summary_text(summary, workdir, getattr(task, "row_kind", "row")))
     return summary

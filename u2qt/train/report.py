@@ -51,32 +51,48 @@ def summary_text(summary: dict, workdir: str, row_kind: str = "user") -> str:
     return "\n".join(lines)
 
 
-def plot_run(path: str, metrics_jsonl: str, codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int]) -> None:
-    """Training curves and each level's code-usage histogram in one PNG."""
+def plot_run(path: str, metrics_jsonl: str, codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int],
+             title: str = "") -> None:
+    """Training curves, the primary view's code usage and collision rate at each evaluation, and
+    each level's final code-usage histogram in one PNG titled with the run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in open(metrics_jsonl)] if os.path.exists(metrics_jsonl) else []
     train = [r for r in rows if r.get("split") == "train"]
+    evals = [r for r in rows if r.get("split") == "eval"]
+    first = next(iter(codes_by_view))
     levels = [(v, l) for v, c in codes_by_view.items() for l in range(c.shape[1])]
     ncols = 4
     nrows = 1 + math.ceil(len(levels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
-    for ax, keys in zip(axes[0], (["loss"], ["l_sem", "l_cf", "l_align"], [k for k in (train[0] if train else {}) if k.startswith("qerr_")], ["rows_per_s"])):
+    panels = (("training loss", train, ["loss"]),
+              ("loss terms", train, ["l_sem", "l_cf", "l_align", "rec", "recon", "quant"]),
+              ("quantization error per view", train, [k for k in (train[0] if train else {}) if k.startswith("qerr_")]),
+              (f"at each evaluation: {first} codes", evals,
+               [f"usage_{first}_{l}" for l in range(codes_by_view[first].shape[1])] + [f"collision_rate_{first}"]))
+    for ax, (name, source, keys) in zip(axes[0], panels):
         for k in keys:
-            xs = [r["step"] for r in train if k in r]
-            ax.plot(xs, [r[k] for r in train if k in r], label=k)
+            xs = [r["step"] for r in source if k in r]
+            if xs:
+                ax.plot(xs, [r[k] for r in source if k in r], label=k, marker="o" if source is evals else None,
+                        markersize=3)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     for i, (view, level) in enumerate(levels):
         ax = axes[1 + i // ncols][i % ncols]
         counts = np.bincount(codes_by_view[view][:, level], minlength=num_codes[view])
         ax.bar(np.arange(len(counts)), np.sort(counts)[::-1], width=1.0)
         ax.set_title(f"{view} level {level}: {np.mean(counts > 0):.0%} of codes used", fontsize=9)
         ax.set_xlabel("codes, by usage")
+        ax.set_ylabel("rows per code")
     for j in range(len(levels), (nrows - 1) * ncols):
         axes[1 + j // ncols][j % ncols].axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
