@@ -171,12 +171,15 @@ def parse_args(argv: list[str], default_config: str) -> tuple[ml_collections.Con
     return apply_overrides(cfg, overrides), workdir
 
 
-def _leaves(cfg: ml_collections.ConfigDict, prefix: str = ""):
-    for k, v in cfg.items():
-        if isinstance(v, ml_collections.ConfigDict):
-            yield from _leaves(v, f"{prefix}{k}.")
+def flat(tree, prefix: str = "") -> dict:
+    """{"train.steps": 500, ...}: the leaves of a config (or of its JSON dict) by dotted key."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, (dict, ml_collections.ConfigDict)):
+            out.update(flat(v, f"{prefix}{k}."))
         else:
-            yield f"{prefix}{k}", v
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def to_json(cfg: ml_collections.ConfigDict) -> str:
@@ -188,7 +191,7 @@ def validate(cfg: ml_collections.ConfigDict, constraints: dict, rules=lambda cfg
     does not hold is skipped) and cross-key rule (``rules(cfg)`` -> problems), checked before any
     data is read or anything compiles; all problems are reported at once. The declarations live
     next to the defaults (``u2qt.defaults.CONSTRAINTS``, ``cross_key_problems``)."""
-    problems = [f"{key}={value!r} must be a finite number" for key, value in _leaves(cfg)
+    problems = [f"{key}={value!r} must be a finite number" for key, value in flat(cfg).items()
                 if isinstance(value, float) and not math.isfinite(value)]
     for key, (test, want) in constraints.items():
         node, found = cfg, True

@@ -154,3 +154,12 @@ def test_amazon_2014(directory, name, users, items, interactions, textless):
         assert data.item_texts[2].startswith("Title: AT&T 210 Corded Phone, Black, 1 Handset; Brand: AT&T; "
                                              "Categories: Office Electronics, Telephones & Accessories")
         assert max(len(t) for t in data.item_texts) < 2600  # descriptions (up to 41k chars) are capped
+
+
+def test_ids_equal_only_without_leading_zeros_are_a_warning(tmp_path):
+    write_pair(tmp_path, {"1": ["7", "8", "9"]}, {"007": {"title": "a"}, "8": {"title": "b"}, "9": {"title": "c"}})
+    warnings = read_lcrec(tmp_path).report.warnings
+    assert len(warnings) == 1 and "1 item ids match Toy.item.json ids only without leading zeros" in warnings[0]
+    assert "'7' vs '007'" in warnings[0]
+    write_pair(tmp_path, {"1": ["7", "8"]}, {"7": {"title": "a"}, "8": {"title": "b"}})
+    assert read_lcrec(tmp_path).report.warnings == ()

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from u2qt.data.tables import DataError
+from u2qt.data.tables import DataError, zero_padding_matches
 
 TEXT_FIELDS = ("title", "brand", "categories", "description")
 _LABELS = {"title": "Title", "brand": "Brand", "categories": "Categories",
@@ -154,11 +155,11 @@ def read_lcrec(path: str | Path, name: str | None = None, *, unknown_items: str 
     warnings = []
     if len(textless) == len(item_ids):
         warnings.append(f"{item_path}: no item has text; the text embeddings are all the same")
-    stripped = {item.lstrip("0") or "0": item for item in described}
-    padded = [item for item in missing if (item.lstrip("0") or "0") in stripped]
+    padded = zero_padding_matches(pd.Series(missing, dtype=object), np.ones(len(missing), bool),
+                                  pd.Series(sorted(described), dtype=object))
     if padded:
-        warnings.append(f"{inter_path}: {len(padded)} item ids match {item_path.name} ids only without leading zeros "
-                        f"(e.g. {padded[0]!r} vs {stripped[padded[0].lstrip('0') or '0']!r}); write them the same way")
+        warnings.append(f"{inter_path}: {padded[0]} item ids match {item_path.name} ids only without leading zeros "
+                        f"(e.g. {padded[1]!r} vs {padded[2]!r}); write them the same way")
     if missing and len(missing) > len(described):
         warnings.append(f"{inter_path}: {len(missing)} of the {len(named)} items the sequences name are not in "
                         f"{item_path.name}")

@@ -172,11 +172,7 @@ def _numeric(df: pd.DataFrame, col: str, source: str, name: str, *, required: bo
     if required:
         bad |= raw.isna().to_numpy()
     if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataError(
-            f"{_where(source, name)}: {_line(df, source, row)}: {col} must be a number, got "
-            f"{raw.iloc[row]!r} ({int(bad.sum())} bad rows)"
-        )
+        raise _first_bad(df, source, name, bad, f"{col} must be a number, got {raw[bad].iloc[0]!r}")
     return num.to_numpy(dtype=np.float64)
 
 
@@ -187,7 +183,7 @@ TIMESTAMP_RANGE = (-1e10, 1e10)
 
 def _first_bad(df: pd.DataFrame, source: str, name: str, bad: np.ndarray, what: str) -> DataError:
     row = int(np.flatnonzero(bad)[0])
-    return DataError(f"{_where(source, name)}: {_line(df, source, row)}: {what} ({int(bad.sum())} rows)")
+    return DataError(f"{_where(source, name)}: {_line(df, source, row)}: {what} ({int(bad.sum())} bad rows)")
 
 
 def _check_timestamps(ts: np.ndarray, df: pd.DataFrame, source: str, name: str) -> None:
@@ -298,7 +294,7 @@ def validate_tables(
     report.items_without_events = int((np.bincount(item_row, minlength=len(items_out)) == 0).sum())
     for col, known, rows, name in (("user_id", users_out["user_id"], unknown_user, "users"),
                                    ("item_id", items_out["item_id"], unknown_item, "items")):
-        padded = _zero_padding_matches(ev_user if col == "user_id" else ev_item, rows, known)
+        padded = zero_padding_matches(ev_user if col == "user_id" else ev_item, rows, known)
         if padded:
             report.warnings.append(
                 f"{_where(ev_src, 'events')}: {padded[0]:,} events were dropped whose {col} matches one of "
@@ -313,7 +309,7 @@ def validate_tables(
     return Tables(users=users_out, items=items_out, events=ev), report
 
 
-def _zero_padding_matches(ids: pd.Series, unknown: np.ndarray, known: pd.Series) -> tuple | None:
+def zero_padding_matches(ids: pd.Series, unknown: np.ndarray, known: pd.Series) -> tuple | None:
     """(count, an event's id, the known id) of unknown ids that equal a known id once leading
     zeros are stripped from both (``7`` vs ``007``), or None."""
     if not unknown.any():

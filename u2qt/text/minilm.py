@@ -326,11 +326,8 @@ class SentenceEncoder:
 
 @functools.lru_cache(maxsize=8)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """``files.sha256``, remembered per (path, size, mtime)."""
+    return files.sha256(path)
 
 
 def model_fingerprint(model_dir: str, max_seq_length: int) -> str:

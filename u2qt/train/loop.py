@@ -73,9 +73,9 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     t_start = time.time()
     task = make_task(cfg, cache_dir, log)
     resuming = has_checkpoint(workdir)
+    examples_hash = examples_fingerprint(task.examples)  # the workdir's record, and the streamed files' key
     if jax.process_index() == 0:  # the data are read and valid: now the workdir is this run's
-        inputs = data_fingerprint(cfg.data.get("path", ""), examples_fingerprint(task.examples),
-                                  extra=(cfg.model.get("codes_path", ""),))
+        inputs = data_fingerprint(cfg.data.get("path", ""), examples_hash, extra=(cfg.model.get("codes_path", ""),))
         check_data(workdir, inputs, resuming, cfg.train.finetune_changed_data, log)
         save_config(cfg, workdir)
         if hasattr(task, "write_spec"):
@@ -100,8 +100,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         batches = batches_lib.DeviceBatches(model_examples, task.model_keys, cfg.train.batch_size, cfg.seed, placement)
         log(f"data: {rows:,} training rows ({mib:.2f} MiB) on the device(s); batches are drawn there")
     else:
-        train_source = build_data_source(task.examples, os.path.join(cache_dir, "tfds"),
-                                         examples_fingerprint(task.examples))
+        train_source = build_data_source(task.examples, os.path.join(cache_dir, "tfds"), examples_hash)
         log(f"data: {rows:,} training rows ({mib:.1f} MiB > data.device_mb={cfg.data.device_mb}) stream "
             f"through grain from array_record files")
 
@@ -162,9 +161,6 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         if evaluates:
             ev.update(task.evaluate(state["params"], constants))
         writer.write(done, "eval", ev)
-        if select_metric in ev:
-            log(f"eval at step {done}: {select_metric} {ev[select_metric]:.4f} (best so far "
-                f"{max(ev[select_metric], float(state['best']['value'])):.4f})")
         if select_metric:
             if select_metric not in ev:
                 raise config_lib.ConfigError(f"config train.select_metric={select_metric!r} is not an eval metric; "
@@ -173,6 +169,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
                 best = {"params": jax.tree.map(jnp.copy, state["params"]),
                         "value": jnp.asarray(ev[select_metric], jnp.float32), "step": jnp.asarray(done, jnp.int32)}
                 state = dict(state, best=placement.replicate(best))
+            log(f"eval at step {done}: {select_metric} {ev[select_metric]:.4f} (best so far "
+                f"{float(state['best']['value']):.4f})")
         return state
 
     # ------------------------------------------------------------------ loop

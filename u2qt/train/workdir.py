@@ -3,7 +3,6 @@ same run on the same data), the lock that keeps a second run out, its metrics lo
 TensorBoard, from process 0 only), and the persistent cache of compiled programs."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -28,16 +27,6 @@ def enable_compilation_cache(path: str | None = None) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def _flat(cfg_dict: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in cfg_dict.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, prefix + k + "."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def has_checkpoint(workdir: str) -> bool:
     """Whether ``<workdir>/checkpoints`` holds a complete checkpoint (Orbax names it by its step;
     an unfinished save is ``<step>.orbax-checkpoint-tmp-…``)."""
@@ -54,7 +43,7 @@ def check_config(cfg, workdir: str) -> None:
         saved = json.load(open(path))
     except ValueError as e:
         raise WorkdirError(f"{path} is not valid JSON ({e}); this workdir's config is unreadable") from None
-    a, b = _flat(saved), _flat(json.loads(config_lib.to_json(cfg)))
+    a, b = config_lib.flat(saved), config_lib.flat(json.loads(config_lib.to_json(cfg)))
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_IGNORED)
     if diff:
         shown = ", ".join(f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in diff[:6])
@@ -66,14 +55,6 @@ def save_config(cfg, workdir: str) -> None:
     files.write_json(os.path.join(workdir, "config.json"), json.loads(config_lib.to_json(cfg)))
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def data_fingerprint(data_path: str, derived: str, extra: tuple[str, ...] = ()) -> dict:
     """What a run trained on: each file of the data directory and each ``extra`` input file (bytes
     and SHA-256; hidden files skipped), and ``derived``, a hash of the examples built from them."""
@@ -82,7 +63,7 @@ def data_fingerprint(data_path: str, derived: str, extra: tuple[str, ...] = ()) 
         paths = {name: os.path.join(data_path, name) for name in sorted(os.listdir(data_path))
                  if not name.startswith(".") and os.path.isfile(os.path.join(data_path, name))}
     paths.update({p: p for p in extra if p and os.path.isfile(p)})
-    listed = {name: {"bytes": os.path.getsize(full), "sha256": _sha256(full)} for name, full in paths.items()}
+    listed = {name: {"bytes": os.path.getsize(full), "sha256": files.sha256(full)} for name, full in paths.items()}
     return {"path": data_path, "files": listed, "examples": derived}
 
 
