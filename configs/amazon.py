@@ -6,8 +6,14 @@
   python train.py --config configs/amazon.py:beauty,semantic --workdir runs/beauty_semantic
   python train.py --config configs/amazon.py:beauty,unified  --workdir runs/beauty_unified
   python train.py --config configs/amazon.py:beauty,unified,coldstart --workdir runs/beauty_unified_cold
+  python train.py --config configs/amazon.py:lcrec,items --config.data.path=DIR --workdir runs/mine_items
 Variants, comma-separated:
   beauty | office      the data set (data.path = ../shared/data/amazon-<name>-2014)
+  lcrec                any other directory in the LC-Rec layout (give --config.data.path=DIR). The
+                       schedule is in epochs (train.epochs: Beauty's step counts as passes over its
+                       rows, rounded: items 3.5, rqvae 85, recommenders 35), so it scales with the
+                       data; the log line "schedule: ..." says the steps it came to and every interval
+                       it shortened to fit
   rqvae                a plain RQ-VAE item tokenizer (TIGER's, and RQ-VAE-Recommender's: 384→512→256→128→32
                        MLP, 3 codes × 256, commitment 0.25, k-means init, AdamW 1e-3, batch 512, 2,000
                        steps, L2-normalised text, reconstruction summed over dimensions): the
@@ -26,7 +32,10 @@ Every key: u2qt/defaults.py (families item_tokenizer and recommender).
 from u2qt import config as config_lib
 from u2qt import defaults
 
-DATASETS = {"beauty": "../shared/data/amazon-beauty-2014", "office": "../shared/data/amazon-office-2014"}
+DATASETS = {"beauty": "../shared/data/amazon-beauty-2014", "office": "../shared/data/amazon-office-2014",
+            "lcrec": ""}
+# Beauty's schedule (steps × batch / training rows) as passes over the data, for the lcrec variant.
+EPOCHS = {"items": 3.5, "rqvae": 85.0, "id": 35.0, "semantic": 35.0, "unified": 35.0}
 
 
 def get_config(arg=None):
@@ -51,6 +60,8 @@ def get_config(arg=None):
         c.train.eval_every = 250
         c.quantizer.kmeans_init = kind != "id"
     c.data.path = DATASETS[dataset]
+    if dataset == "lcrec":
+        c.train.epochs = EPOCHS[kind]
     c.data.cache_dir = "runs/amazon_cache"
     c.train.batch_size = 256
     c.train.lr = 1e-3

@@ -412,3 +412,38 @@ def test_the_config_choices_match_the_modules_that_read_them():
     assert defaults.DATA_FORMATS == FORMATS and defaults.TEXT_NORMS == NORMS and defaults.SOURCES == SOURCES
     assert defaults.ITEM_REPRS == ITEM_REPRS and set(defaults.TASKS) == set(TASKS)
     assert defaults.IMPLEMENTATIONS == ("auto",) + IMPLEMENTATIONS
+
+
+# ----------------------------------------------------------------------------- any LC-Rec directory
+def test_any_lcrec_directory_trains_for_epochs_and_resumes_under_the_same_command(tmp_path, monkeypatch,
+                                                                                  compile_cache):
+    import contextlib
+    import io
+    import math
+    data = _lcrec(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    argv = ["--config", os.path.join(REPO, "configs", "amazon.py:lcrec,id,runlocal"), "--workdir", "run",
+            f"--config.data.path={data}", "--config.data.cache_dir=cache", "--config.train.halt_after_step=4"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert train_cli.main(argv) == 0
+    # 30 users, each one training sequence; 35 epochs at batch 64 (runlocal) = 17 steps, and every
+    # interval that would not fit 17 steps is shortened and named in the log.
+    steps = math.ceil(35 * 30 / 64)
+    line = next(l for l in out.getvalue().splitlines() if l.startswith("schedule:"))
+    assert f"train.epochs=35 over 30 training rows at batch 64 → train.steps={steps}" in line, line
+    assert "train.warmup_steps=1 (was 2)" in line and "train.checkpoint_every=8 (was 6)" not in line, line
+    saved = json.load(open(tmp_path / "run" / "config.json"))
+    assert saved["train"]["epochs"] == 35 and saved["train"]["steps"] == 6  # saved as given, not resolved
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the same command resumes (the resume check compares the config as given)
+        assert train_cli.main(argv[:-1]) == 0
+    assert "resumed from the checkpoint of step 4" in out.getvalue()
+    summary = json.load(open(tmp_path / "run" / "summary.json"))
+    assert summary["steps"] == steps and summary["epochs"] == 35
+
+
+def test_an_lcrec_variant_without_a_path_names_the_flag(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, err = _cli(["--config", os.path.join(REPO, "configs", "amazon.py:lcrec,items"), "--workdir", "run"])
+    assert rc == 2 and "data.path is empty" in err and "--config.data.path" in err, err

@@ -34,6 +34,10 @@ def common(task: str) -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128  # global, split over the mesh's data axis
     c.train.steps = 500
+    # > 0: the run lasts this many passes over the training rows instead, and train.steps is
+    # worked out once the data are read (u2qt/train/step.py: resolve_epochs, which also shortens
+    # warm-up, k-means step and the log/eval/checkpoint intervals that would not fit, and logs it).
+    c.train.epochs = 0.0
     c.train.lr = 2e-3
     c.train.warmup_steps = 100
     c.train.weight_decay = 0.01
@@ -256,6 +260,7 @@ CONSTRAINTS = {
     "eval.popularity_buckets": _INT_AT_LEAST_1,
     "eval.top_k": _INT_AT_LEAST_1,
     "train.steps": _INT_AT_LEAST_1,
+    "train.epochs": (lambda v: v >= 0, ">= 0 (0 = train.steps decides)"),
     "train.batch_size": _INT_AT_LEAST_1,
     "train.log_every": _INT_AT_LEAST_1,
     "train.eval_every": _INT_AT_LEAST_1,
@@ -291,7 +296,7 @@ def cross_key_problems(c: ml_collections.ConfigDict) -> list[str]:
     """Rules between keys; each problem is one sentence naming the keys."""
     problems = []
     q, m, t = c.get("quantizer"), c.get("model"), c.train
-    if q is not None and q.get("kmeans_init") and q.kmeans_at_step >= t.steps:
+    if q is not None and q.get("kmeans_init") and not t.epochs and q.kmeans_at_step >= t.steps:
         problems.append(f"quantizer.kmeans_at_step={q.kmeans_at_step} must be < train.steps={t.steps}: the "
                         f"codebooks would be exported untrained (or set quantizer.kmeans_init=False)")
     if m is not None and "item_repr" in m and q is not None and q.get("kmeans_init") and (
@@ -302,7 +307,7 @@ def cross_key_problems(c: ml_collections.ConfigDict) -> list[str]:
     d = c.get("data")
     if d is not None and "path" in d and not d.path and d.get("format", "lcrec") != "synthetic":
         problems.append(f"data.path is empty: {'data.format=' + repr(d.format) if 'format' in d else 'the LC-Rec layout'}"
-                        f" needs the data directory")
+                        f" needs the data directory (--config.data.path=DIR)")
     if m is not None and "num_heads" in m:
         for width in ("dim",):
             if width in m and m[width] % max(m.num_heads, 1):

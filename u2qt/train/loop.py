@@ -34,7 +34,7 @@ from u2qt.train import batches as batches_lib
 from u2qt.train import checkpoint, report
 from u2qt.train.codebooks import CodebookHook
 from u2qt.train.sharding import Placement
-from u2qt.train.step import init_state, make_optimizer, make_train_step
+from u2qt.train.step import init_state, make_optimizer, make_train_step, resolve_epochs
 from u2qt.train.workdir import (MetricsWriter, check_config, check_data, data_fingerprint, has_checkpoint,
                                 lock_workdir, release_workdir, save_config)
 
@@ -55,9 +55,10 @@ def check_batch(batch: dict, step: int) -> None:
 
 
 def run(cfg, workdir: str) -> dict:
-    """Trains (or resumes) the run of ``cfg`` in ``workdir``; returns the summary."""
+    """Trains (or resumes) the run of ``cfg`` in ``workdir``; returns the summary. ``cfg`` is not
+    changed (the run works on a copy)."""
     with contextlib.ExitStack() as scope:
-        return _run(cfg, workdir, scope)
+        return _run(cfg.copy_and_resolve_references(), workdir, scope)
 
 
 def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
@@ -85,6 +86,9 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     model_examples = {k: v for k, v in task.examples.items() if k in task.model_keys}
     on_device = batches_lib.use_device(model_examples, task.model_keys, cfg.data.device_mb)
     rows, mib = len(next(iter(model_examples.values()))), batches_lib.nbytes(model_examples, task.model_keys) / 2**20
+    # The saved config keeps train.epochs as given (the resume check compares that); the steps it
+    # means depend on the data, which check_data guards. In place: the task reads the same config.
+    resolve_epochs(cfg, rows, log)
 
     # ------------------------------------------------------------------ mesh
     placement = Placement(cfg.train.batch_size)
@@ -242,6 +246,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     if getattr(task, "data_warnings", None):
         summary["data_warnings"] = task.data_warnings
     summary["steps"] = steps
+    if cfg.train.epochs:
+        summary["epochs"] = cfg.train.epochs
     summary["wall_seconds"] = time.time() - t_start
     if jax.process_index() == 0:
         files.write_json(os.path.join(workdir, "summary.json"), summary)

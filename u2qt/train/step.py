@@ -12,12 +12,44 @@ and dead-code resets, ``u2qt/train/codebooks.py``).
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from u2qt.tasks.core import Tokenizes
 from u2qt.train import codebooks
+
+
+# With train.epochs, the step counts of a config written for one data set must still fit a run of
+# another length: each may take at most this share of the run (log_every: of 1/20 of it, so a
+# short run still logs 20 times).
+FIT_SHARE = {"train.warmup_steps": 0.1, "quantizer.kmeans_at_step": 0.1, "train.log_every": 0.05,
+             "train.eval_every": 0.25, "train.checkpoint_every": 0.5}
+
+
+def resolve_epochs(cfg, rows: int, log=print) -> None:
+    """``train.epochs`` > 0: sets ``train.steps`` in ``cfg`` (in place: the task holds the same
+    config) to that many passes over ``rows`` training rows, and shortens the step counts that
+    would not fit such a run (see ``FIT_SHARE``). Every value it sets is logged, so the log says
+    which schedule the run used. With ``train.epochs`` = 0 nothing changes."""
+    t = cfg.train
+    if not t.epochs:
+        return
+    steps = max(1, math.ceil(t.epochs * rows / t.batch_size))
+    cfg.train.steps = steps
+    changes = [f"train.steps={steps:,}"]
+    for key, share in FIT_SHARE.items():
+        family, name = key.split(".")
+        if family not in cfg or (family == "quantizer" and not cfg.quantizer.kmeans_init):
+            continue
+        value, limit = cfg[family][name], max(1, int(steps * share))
+        if value > limit:
+            cfg[family][name] = limit
+            changes.append(f"{key}={limit:,} (was {value:,})")
+    log(f"schedule: train.epochs={t.epochs:g} over {rows:,} training rows at batch {t.batch_size:,} → "
+        + ", ".join(changes))
 
 
 def make_optimizer(cfg, task=None) -> optax.GradientTransformation:
