@@ -26,4 +26,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from u2qt.progress import hide_xla_alarms
+    hide_xla_alarms()  # XLA's "Very slow compile?" block becomes one plain line (U2QT_XLA_ALARMS=show: as is)
     sys.exit(main(sys.argv[1:]))
