@@ -441,6 +441,7 @@ def test_any_lcrec_directory_trains_for_epochs_and_resumes_under_the_same_comman
     assert "resumed from the checkpoint of step 4" in out.getvalue()
     summary = json.load(open(tmp_path / "run" / "summary.json"))
     assert summary["steps"] == steps and summary["epochs"] == 35
+    assert os.path.getsize(tmp_path / "run" / "training.png") > 0  # a recommender's plot too
 
 
 def test_an_lcrec_variant_without_a_path_names_the_flag(tmp_path, monkeypatch):

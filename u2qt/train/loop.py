@@ -252,10 +252,11 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     if jax.process_index() == 0:
         files.write_json(os.path.join(workdir, "summary.json"), summary)
         writer.write(steps, "final", {k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        if exported is not None:
-            report.plot_run(os.path.join(workdir, "training.png"), os.path.join(workdir, "metrics.jsonl"),
-                            exported, hook.sizes, title=f"{os.path.basename(os.path.abspath(workdir))}: task "
-                            f"{cfg.task}, {cfg.train.steps} steps, batch {cfg.train.batch_size}, seed {cfg.seed}")
+        report.plot_run(os.path.join(workdir, "training.png"), os.path.join(workdir, "metrics.jsonl"),
+                        title=f"{os.path.basename(os.path.abspath(workdir))}: task {cfg.task}, {steps:,} steps, "
+                              f"batch {cfg.train.batch_size}, seed {cfg.seed}",
+                        codes_by_view=exported, num_codes=hook.sizes if hook else None,
+                        test=summary.get("test"), selected=summary.get("selected"))
     writer.close()
     log(report.summary_text(summary, workdir, getattr(task, "row_kind", "row")))
     return summary

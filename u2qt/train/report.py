@@ -51,10 +51,38 @@ def summary_text(summary: dict, workdir: str, row_kind: str = "user") -> str:
     return "\n".join(lines)
 
 
-def plot_run(path: str, metrics_jsonl: str, codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int],
-             title: str = "") -> None:
-    """Training curves, the primary view's code usage and collision rate at each evaluation, and
-    each level's final code-usage histogram in one PNG titled with the run."""
+def _curves(ax, rows: list[dict], keys: list[str], name: str, markers: bool = False) -> None:
+    for k in keys:
+        xs = [r["step"] for r in rows if k in r]
+        if xs:
+            ax.plot(xs, [r[k] for r in rows if k in r], label=k, marker="o" if markers else None, markersize=3)
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("step")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def _by_popularity(ax, buckets: list[dict]) -> None:
+    """Test Recall/NDCG@10 per popularity bucket (head → tail), with each bucket's case count."""
+    n = len(buckets)
+    names = ["head" if i == 0 else "tail" if i == n - 1 else f"mid {i}" for i in range(n)]
+    x = np.arange(n)
+    for offset, metric in ((-0.2, "Recall@10"), (0.2, "NDCG@10")):
+        ax.bar(x + offset, [b.get(metric, float("nan")) for b in buckets], width=0.4, label=metric)
+    ax.set_xticks(x, [f"{name}\n{b.get('cases', 0):,} cases" for name, b in zip(names, buckets)], fontsize=7)
+    ax.set_title("test, by target popularity", fontsize=9)
+    ax.set_xlabel("buckets with equal shares of the training interactions", fontsize=7)
+    ax.legend(fontsize=7)
+
+
+def plot_run(path: str, metrics_jsonl: str, title: str = "", codes_by_view: dict[str, np.ndarray] | None = None,
+             num_codes: dict[str, int] | None = None, test: dict | None = None,
+             selected: dict | None = None) -> list[str]:
+    """Every run's ``training.png``, titled with the run: training loss and loss terms; for a
+    tokenizer (``codes_by_view``) the quantization error, code usage and collision rate at each
+    evaluation and each level's final code-usage histogram; for a task that evaluates, the
+    validation metrics over training (the selected step marked) and the test metrics by target
+    popularity (``test["popularity_buckets"]``). Returns the panel titles, in order."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -62,37 +90,51 @@ def plot_run(path: str, metrics_jsonl: str, codes_by_view: dict[str, np.ndarray]
     rows = [json.loads(line) for line in open(metrics_jsonl)] if os.path.exists(metrics_jsonl) else []
     train = [r for r in rows if r.get("split") == "train"]
     evals = [r for r in rows if r.get("split") == "eval"]
-    first = next(iter(codes_by_view))
-    levels = [(v, l) for v, c in codes_by_view.items() for l in range(c.shape[1])]
+    first_row = train[0] if train else {}
+    terms = [k for k in ("l_sem", "l_cf", "l_align", "rec", "recon", "quant") if k in first_row]
+    panels = [lambda ax: _curves(ax, train, ["loss"], "training loss")]
+    if len(terms) > 1:  # one term is the loss itself
+        panels.append(lambda ax: _curves(ax, train, terms, "loss terms"))
+    valid = sorted({k for r in evals for k in r if k.startswith("valid_")})
+    if valid:
+        def validation(ax):
+            _curves(ax, evals, valid, "validation metrics at each evaluation", markers=True)
+            if selected:
+                ax.axvline(selected["step"], color="grey", linestyle="--", linewidth=1)
+                ax.annotate(f"selected: step {selected['step']}", (selected["step"], ax.get_ylim()[1]),
+                            fontsize=7, ha="right", va="top")
+        panels.append(validation)
+    if test and test.get("popularity_buckets"):
+        panels.append(lambda ax: _by_popularity(ax, test["popularity_buckets"]))
+    levels = []
+    if codes_by_view:
+        first = next(iter(codes_by_view))
+        levels = [(v, l) for v, c in codes_by_view.items() for l in range(c.shape[1])]
+        panels.append(lambda ax: _curves(ax, train, [k for k in first_row if k.startswith("qerr_")],
+                                         "quantization error per view"))
+        panels.append(lambda ax: _curves(
+            ax, evals, [f"usage_{first}_{l}" for l in range(codes_by_view[first].shape[1])]
+            + [f"collision_rate_{first}"], f"at each evaluation: {first} codes", markers=True))
+
     ncols = 4
-    nrows = 1 + math.ceil(len(levels) / ncols)
+    nrows = math.ceil(len(panels) / ncols) + math.ceil(len(levels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3 * nrows), squeeze=False)
-    panels = (("training loss", train, ["loss"]),
-              ("loss terms", train, ["l_sem", "l_cf", "l_align", "rec", "recon", "quant"]),
-              ("quantization error per view", train, [k for k in (train[0] if train else {}) if k.startswith("qerr_")]),
-              (f"at each evaluation: {first} codes", evals,
-               [f"usage_{first}_{l}" for l in range(codes_by_view[first].shape[1])] + [f"collision_rate_{first}"]))
-    for ax, (name, source, keys) in zip(axes[0], panels):
-        for k in keys:
-            xs = [r["step"] for r in source if k in r]
-            if xs:
-                ax.plot(xs, [r[k] for r in source if k in r], label=k, marker="o" if source is evals else None,
-                        markersize=3)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    for i, (view, level) in enumerate(levels):
-        ax = axes[1 + i // ncols][i % ncols]
+    cells = [ax for row in axes for ax in row]
+    for ax, draw in zip(cells, panels):
+        draw(ax)
+    histograms = cells[math.ceil(len(panels) / ncols) * ncols:]
+    for ax, (view, level) in zip(histograms, levels):
         counts = np.bincount(codes_by_view[view][:, level], minlength=num_codes[view])
         ax.bar(np.arange(len(counts)), np.sort(counts)[::-1], width=1.0)
         ax.set_title(f"{view} level {level}: {np.mean(counts > 0):.0%} of codes used", fontsize=9)
         ax.set_xlabel("codes, by usage")
         ax.set_ylabel("rows per code")
-    for j in range(len(levels), (nrows - 1) * ncols):
-        axes[1 + j // ncols][j % ncols].axis("off")
+    for ax in cells[len(panels):math.ceil(len(panels) / ncols) * ncols] + histograms[len(levels):]:
+        ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     files.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+    titles = [ax.get_title() for ax in cells if ax.axison]
     plt.close(fig)
+    return titles
