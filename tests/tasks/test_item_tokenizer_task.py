@@ -55,3 +55,8 @@ def test_short_run_on_office_writes_the_semantic_id_table(tmp_path, compile_cach
     row = next(line for line in table.splitlines() if line.startswith("| amazon-office-2014"))
     assert f"| {summary['collision_rate']:.2%} | {ids['nearest_collision_rate']:.2%} |" in row, row
     assert json.load(open(tmp_path / "run" / "summary.json"))["ids"]["largest_group"] >= 1
+    # Sizes: 3 codes of 5 bits (32 codes) + the de-dup token, against the float32 latent the codes
+    # quantize and against the 384-d MiniLM text embedding a user would otherwise store.
+    assert summary["bytes_per_row_float32"] == 4 * cfg.model.latent_dim
+    assert summary["bytes_per_row_input_float32"] == 4 * 384
+    assert summary["compression_x_input"] == pytest.approx(4 * 384 / summary["bytes_per_row_tokens"])

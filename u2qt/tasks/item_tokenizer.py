@@ -50,6 +50,11 @@ class ItemTextCodes:
     row_kind = "item"
     row_key = "target"
 
+    @property
+    def input_dim(self) -> int:
+        """Width of what the codes stand in for: the item text embedding (the size baseline)."""
+        return int(self.constants["item_text"].shape[1])
+
     def codebooks(self, params):
         return {"item": params[CODEBOOKS]}
 

@@ -144,7 +144,8 @@ class CodebookHook:
             z_hat = np.asarray(rq.decode_codes(jnp.asarray(exported[view]), jnp.asarray(books[view])))
             rel_err[view] = float(np.sum((z - z_hat) ** 2) / max(np.sum(z ** 2), 1e-12))
         table = SemanticIds(task.row_ids, exported, self.sizes, task.row_kind)
-        summary = summarize(exported, self.sizes, continuous.shape[1], rel_err, getattr(task, "labels", None))
+        summary = summarize(exported, self.sizes, continuous.shape[1], rel_err, getattr(task, "labels", None),
+                            input_dim=getattr(task, "input_dim", None))
         summary["ids"] = {k: v for k, v in table.collision_stats().items()
                           if k not in ("collision_rate", "rows_sharing_codes")}
         recon = getattr(task, "reconstruction_error", None)
@@ -164,9 +165,14 @@ class CodebookHook:
 
 
 def summarize(codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int], continuous_dim: int,
-              relative_errors: dict[str, float], labels: np.ndarray | None = None) -> dict:
+              relative_errors: dict[str, float], labels: np.ndarray | None = None,
+              input_dim: int | None = None) -> dict:
     """The code part of the end-of-run numbers. The first view is the primary one (U²QT: the
-    shared stack): its collision rate and the purity of its first code w.r.t. planted labels."""
+    shared stack): its collision rate and the purity of its first code w.r.t. planted labels.
+
+    Sizes, per row: the tokens (bits of each code, packed), the float32 representation the codes
+    quantize (``continuous_dim``), and, where the task has one (``input_dim``: an item's text
+    embedding), the float32 input embedding, the baseline a user would otherwise store."""
     views = {}
     token_bits = 0
     for view, codes in codes_by_view.items():
@@ -186,6 +192,9 @@ def summarize(codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int], c
         "bytes_per_row_float32": continuous_dim * 4,
     }
     summary["compression_x"] = summary["bytes_per_row_float32"] / summary["bytes_per_row_tokens"]
+    if input_dim:
+        summary["bytes_per_row_input_float32"] = input_dim * 4
+        summary["compression_x_input"] = summary["bytes_per_row_input_float32"] / summary["bytes_per_row_tokens"]
     if labels is not None:
         summary["purity_first_code"] = stats.purity(primary[:, 0], labels)
     return summary

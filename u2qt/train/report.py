@@ -42,9 +42,13 @@ def summary_text(summary: dict, workdir: str, row_kind: str = "user") -> str:
         lines.append(f"  before the collision-free last level (nearest codes): collision rate "
                      f"{ids['nearest_collision_rate']:.2%}, {row_kind}s sharing {ids['nearest_rows_sharing_codes']:.2%}; "
                      f"{ids['moved_to_a_free_code']:.2%} of {row_kind}s moved to a free code")
-    lines.append(f"  size: {summary['bytes_per_row_tokens']:.1f} bytes/{row_kind} as tokens vs "
-                 f"{summary['bytes_per_row_float32']} bytes as the float32 representation they quantize "
-                 f"({summary['compression_x']:.0f}x smaller)")
+    size = (f"  size: {summary['bytes_per_row_tokens']:.1f} bytes/{row_kind} as tokens vs "
+            f"{summary['bytes_per_row_float32']:,} bytes as the float32 representation they quantize "
+            f"({summary['compression_x']:.0f}x smaller)")
+    if "bytes_per_row_input_float32" in summary:
+        size += (f" and {summary['bytes_per_row_input_float32']:,} bytes as the float32 input embedding "
+                 f"({summary['compression_x_input']:.0f}x smaller)")
+    lines.append(size)
     if "purity_first_code" in summary:
         lines.append(f"  purity of the first {summary['primary_view']} code w.r.t. planted types: "
                      f"{summary['purity_first_code']:.3f}")
