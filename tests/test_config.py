@@ -228,3 +228,19 @@ def test_every_problem_is_reported_at_once_and_kmeans_rule_follows_kmeans_init()
     apply_override(cfg, "train.keep_checkpoints", "1")
     apply_override(cfg, "model.dropout", "0.1")
     validate(cfg)  # no k-means: the step does not matter
+
+
+def test_a_runs_config_json_is_a_config(tmp_path):
+    from u2qt import config as config_lib
+    cfg = load_config_file(DEFAULT + ":runlocal")
+    (tmp_path / "config.json").write_text(config_lib.to_json(cfg))
+    again = load_config_file(str(tmp_path / "config.json"))
+    assert config_lib.flat(again) == config_lib.flat(cfg)
+    assert isinstance(again.model.sources, tuple)  # lists come back as the families' tuples
+    config_lib.apply_override(again, "data.exclude_user_columns", "gender,age")
+    assert again.data.exclude_user_columns == ("gender", "age")
+    with pytest.raises(config_lib.ConfigError, match="takes no :variant"):
+        load_config_file(str(tmp_path / "config.json") + ":runlocal")
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    with pytest.raises(config_lib.ConfigError, match="not a u2qt run's config.json"):
+        load_config_file(str(tmp_path / "other.json"))

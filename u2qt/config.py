@@ -1,7 +1,9 @@
 """Config files and command-line overrides.
 
 A config is a Python file with ``get_config(arg: str | None) -> ml_collections.ConfigDict``
-(big_vision style); ``--config configs/NAME.py:ARG`` passes ARG. Overrides are dotted keys,
+(big_vision style); ``--config configs/NAME.py:ARG`` passes ARG. A finished run's
+``config.json`` is a config too (``--config runs/X/config.json``: the same run again, e.g. with
+one key changed). Overrides are dotted keys,
 ``--config.train.steps=500``; values are parsed as Python literals and must keep the type of the
 default. Unknown keys and ill-typed values fail with a message that names the key.
 """
@@ -21,10 +23,29 @@ import ml_collections
 from u2qt.errors import ConfigError  # noqa: F401 — raised here, caught by callers as config.ConfigError
 
 
+def _tuples(value):
+    """JSON lists back to the tuples the config families use."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path!r}")
+    if path.endswith(".json"):  # a run's config.json
+        if arg:
+            raise ConfigError(f"{path}: a config.json takes no :variant (got {arg!r}); override keys instead")
+        try:
+            tree = json.load(open(path, encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a JSON config: {e}") from e
+        if not isinstance(tree, dict) or "task" not in tree:
+            raise ConfigError(f"{path}: not a u2qt run's config.json (no 'task' key)")
+        cfg = ml_collections.ConfigDict(_tuples(tree))
+        cfg.lock()
+        return cfg
     module_spec = importlib.util.spec_from_file_location(f"u2qt_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:

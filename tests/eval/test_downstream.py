@@ -110,3 +110,46 @@ def test_cli_needs_at_least_one_run(capsys):
     with pytest.raises(SystemExit) as e:
         downstream.main([])
     assert e.value.code == 2 and "--workdir" in capsys.readouterr().err
+
+
+@pytest.mark.heavy
+def test_attribute_workflow_on_any_data_set_trains_the_second_tokenizer_once(tmp_path, monkeypatch, capsys,
+                                                                            compile_cache):
+    """One command: a tokenizer run on "your own data" and --attribute COLUMN → the run without
+    COLUMN is trained (through train.py, from the first run's config.json), then scored; a second
+    call reuses it."""
+    import json
+    import os
+
+    import pandas as pd
+
+    from conftest import REPO
+    import train as train_cli
+    rng = np.random.default_rng(0)
+    os.makedirs(tmp_path / "data")
+    member = rng.choice(["yes", "no"], 80)
+    pd.DataFrame({"user_id": [f"u{i}" for i in range(80)], "member": member,
+                  "age": rng.integers(18, 70, 80)}).to_csv(tmp_path / "data" / "users.csv", index=False)
+    pd.DataFrame({"item_id": [f"i{i}" for i in range(30)], "text": [f"item {i}" for i in range(30)]}).to_csv(
+        tmp_path / "data" / "items.csv", index=False)
+    pd.DataFrame([(f"u{u}", f"i{int(rng.integers(30))}", 1_600_000_000 + u * 1000 + k * 60)
+                  for u in range(80) for k in range(12)], columns=["user_id", "item_id", "timestamp"]).to_csv(
+        tmp_path / "data" / "events.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--config", os.path.join(REPO, "configs", "default.py:runlocal"), "--workdir", "run",
+            "--config.data.format=tables", "--config.data.path=data", "--config.train.steps=12",
+            "--config.quantizer.kmeans_at_step=4", "--config.train.progress=False"]
+    assert train_cli.main(argv) == 0
+    capsys.readouterr()
+    assert downstream.main(["--workdir", "run", "--attribute", "member", "--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "training the tokenizer again without 'member'" in out, out
+    second = json.load(open(tmp_path / "run_without_member" / "config.json"))
+    assert second["data"]["exclude_user_columns"] == ["member"]
+    assert second["train"]["steps"] == 12  # the first run's config, not the config file's defaults
+    results = json.load(open(tmp_path / "run" / "downstream.json"))
+    assert set(results["member"]) == {"tokens", "continuous", "raw"}
+    assert all(0.0 <= results["member"][k]["AUC"] <= 1.0 for k in results["member"])
+    assert "| member | AUC |" in out and "genres: skipped" in out  # the table says why genres did not run
+    assert downstream.main(["--workdir", "run", "--attribute", "member", "--epochs", "2"]) == 0
+    assert "using the finished run run_without_member" in capsys.readouterr().out

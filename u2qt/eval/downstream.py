@@ -16,12 +16,20 @@ inputs, and the attribute task refuses a run that saw the attribute. Heads are c
 a target is a test case (≈ 3,000 on MovieLens-1M, ≈ 15,000 held-out events) instead of a fifth.
 
     python -m u2qt.eval.downstream --workdir runs/ml1m --attribute-workdir runs/ml1m_nogender
+    python -m u2qt.eval.downstream --workdir runs/mine --attribute COLUMN
+
+With ``--attribute COLUMN`` and no ``--attribute-workdir``, the attribute task uses the run
+``<workdir>_without_<COLUMN>`` and, if it has not finished, trains it first: the same config
+(``<workdir>/config.json``) with COLUMN added to ``data.exclude_user_columns``, through
+``train.py`` (rerunning resumes it). Any binary user column of any data set works.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
+import sys
 import zlib
 
 import flax.linen as nn
@@ -279,6 +287,9 @@ def evaluate_run(workdir: str | None, attribute_workdir: str | None = None, attr
     out = evaluate_behaviour(workdir, epochs) if workdir else {}
     if attribute_workdir:
         out.update(evaluate_attribute(attribute_workdir, attribute, epochs))
+    elif workdir:
+        out["attribute"] = {"skipped": "no --attribute COLUMN given (a binary user column; the tokenizer is trained "
+                                       "again without it)"}
     summary = json.load(open(os.path.join(workdir or attribute_workdir, "summary.json")))
     out["bytes_per_user"] = {"tokens": summary["bytes_per_row_tokens"], "continuous": summary["bytes_per_row_float32"]}
     return out
@@ -303,15 +314,53 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "train.py")
+
+
+def train_without(workdir: str, attribute: str, out: str) -> None:
+    """Trains (or resumes, or finds finished) the tokenizer of ``workdir``'s config without
+    ``attribute`` into ``out``, through ``train.py`` in a child process."""
+    if os.path.exists(os.path.join(out, "summary.json")):
+        print(f"attribute task: using the finished run {out} (trained without {attribute!r})", flush=True)
+        return
+    config = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config):
+        raise ConfigError(f"{workdir} has no config.json: not a finished tokenizer run")
+    saved = json.load(open(config))
+    if saved.get("task") != "user_tokenizer":
+        raise ConfigError(f"{workdir}: the attribute task needs a user tokenizer run, not task {saved.get('task')!r}")
+    excluded = list(saved.get("data", {}).get("exclude_user_columns", [])) + [attribute]
+    command = [sys.executable, TRAIN_PY, "--config", config, "--workdir", out,
+               f"--config.data.exclude_user_columns={','.join(excluded)}"]
+    print(f"attribute task: training the tokenizer again without {attribute!r} (the attribute task needs one "
+          f"that never saw it):\n  {' '.join(command[1:])}", flush=True)
+    done = subprocess.run(command)
+    if done.returncode:
+        raise ConfigError(f"training the tokenizer without {attribute!r} into {out} failed (exit status "
+                          f"{done.returncode}; its message is above); rerunning this command resumes it")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=None, help="a finished tokenizer run: next item and genres")
     parser.add_argument("--attribute-workdir", default=None, help="a run trained without --attribute")
-    parser.add_argument("--attribute", default="gender")
+    parser.add_argument("--attribute", default=None,
+                        help="a binary user column to predict (default with --attribute-workdir: the one it excluded)")
     parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args(argv)
     if not (args.workdir or args.attribute_workdir):
         parser.error("give --workdir, --attribute-workdir or both")
+    if args.attribute and not args.attribute_workdir:
+        if not args.workdir:
+            parser.error("--attribute without --attribute-workdir needs --workdir (the run to train again without it)")
+        args.attribute_workdir = f"{args.workdir.rstrip(os.sep)}_without_{args.attribute}"
+        train_without(args.workdir, args.attribute, args.attribute_workdir)
+    if args.attribute_workdir and not args.attribute:
+        excluded = json.load(open(os.path.join(args.attribute_workdir, "config.json")))["data"].get(
+            "exclude_user_columns", [])
+        if len(excluded) != 1:
+            parser.error(f"{args.attribute_workdir} excluded {excluded}: name the one to predict with --attribute")
+        args.attribute = excluded[0]
     results = evaluate_run(args.workdir, args.attribute_workdir, args.attribute, args.epochs)
     for run in {args.workdir, args.attribute_workdir} - {None}:
         path = os.path.join(run, "downstream.json")
