@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from u2qt.data.sequences import LeaveOneOutSplit
+from u2qt.progress import Progress
 
 ScoreFn = Callable[[dict[str, jax.Array]], jax.Array]
 
@@ -110,8 +111,12 @@ def full_ranking_metrics(scores: jax.Array, targets: jax.Array, ks: Sequence[int
 
 
 def evaluate_ranks(score_fn: ScoreFn, cases: EvalCases, batch_size: int = 256,
-                   exclude_history: bool = False, ties: str = "pessimistic") -> np.ndarray:
+                   exclude_history: bool = False, ties: str = "pessimistic", log=None,
+                   desc: str = "evaluation") -> np.ndarray:
     """Target ranks of every case, scoring `batch_size` cases at a time.
+
+    With `log`, progress goes there: a line every 30 s with the rate and time left, and one at
+    the end with the time it took.
 
     `score_fn({"user": int32 [b], "history": int32 [b, L]}) -> scores [b, I + 1]`. The last batch
     is padded to `batch_size` (repeating its first case) so a jitted `score_fn` compiles once; at
@@ -121,6 +126,7 @@ def evaluate_ranks(score_fn: ScoreFn, cases: EvalCases, batch_size: int = 256,
     if n == 0:
         raise ValueError("no evaluation cases")
     chunks = []
+    progress = Progress(n, desc, "cases", log=log, bar=False) if log else None
     for start in range(0, n, batch_size):
         take = np.arange(start, min(start + batch_size, n))
         take = np.concatenate([take, np.full(batch_size - take.size, start)])
@@ -131,6 +137,10 @@ def evaluate_ranks(score_fn: ScoreFn, cases: EvalCases, batch_size: int = 256,
         targets = jnp.asarray(cases.targets[take])
         exclude = jnp.asarray(cases.history[take]) if exclude_history else None
         chunks.append(target_ranks(scores, targets, exclude, ties=ties)[:min(batch_size, n - start)])
+        if progress:
+            progress.update(int(jax.block_until_ready(chunks[-1]).shape[0]))
+    if progress:
+        progress.close()
     return np.concatenate(jax.device_get(chunks))
 
 

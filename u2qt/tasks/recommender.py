@@ -125,22 +125,22 @@ class RecommenderTask:
                                                                                              self.capacity)}}
 
     # -------------------------------------------------------------- Evaluates
-    def ranks(self, params, constants, cases: ranking.EvalCases) -> np.ndarray:
+    def ranks(self, params, constants, cases: ranking.EvalCases, desc: str = "evaluation") -> np.ndarray:
         table = self.item_table(params, constants)  # once per evaluation, not once per batch
         return ranking.evaluate_ranks(lambda b: self._scores(params, table, b["history"]), cases,
-                                      self.cfg.eval.batch_size)
+                                      self.cfg.eval.batch_size, log=self.log, desc=desc)
 
     def evaluate(self, params, constants) -> dict:
-        ranks = self.ranks(params, constants, self.valid_cases)
+        ranks = self.ranks(params, constants, self.valid_cases, "validation")
         return {f"valid_{k}": v for k, v in ranking.metrics_from_ranks(ranks).items()}
 
     def report(self, params, constants) -> dict:
         """Test metrics of all cases, by target popularity, and of the cold-start targets."""
-        ranks = self.ranks(params, constants, self.test_cases)
+        ranks = self.ranks(params, constants, self.test_cases, "test")
         out = dict(ranking.metrics_from_ranks(ranks))
         out["cases"] = len(ranks)
         out.update({f"valid_{k}": v for k, v in ranking.metrics_from_ranks(
-            self.ranks(params, constants, self.valid_cases)).items()})
+            self.ranks(params, constants, self.valid_cases, "validation")).items()})
         n = self.cfg.eval.popularity_buckets
         counts = ranking.item_counts(self.split.train, self.data.num_items)
         buckets = ranking.bucket_by_popularity(counts, self.test_cases.targets, n)
