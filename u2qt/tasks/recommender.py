@@ -53,13 +53,14 @@ def make_recommender(cfg, cache_dir: str, log=print):
     return (LearnedCodesRecommenderTask if learned else RecommenderTask)(cfg, cache_dir, log)
 
 
-class RecommenderTask:
-    """SASRec over item IDs or fixed semantic IDs; capabilities: Evaluates, Servable."""
-    name = "recommender"
-    model_keys = ("inputs", "targets")
+class LeaveOneOut:
+    """The leave-one-out protocol on an LC-Rec directory, shared by the recommenders (SASRec here,
+    TIGER in ``u2qt/tasks/generative.py``): the data, the split (cold items removed from training
+    when ``data.cold_fraction`` > 0), the validation and test cases, and ``evaluate``/``report``
+    from the ranks a subclass gives (``ranks(params, constants, cases, desc)``)."""
 
-    def __init__(self, cfg, cache_dir: str, log=print):
-        m, d = cfg.model, cfg.data
+    def _read(self, cfg, log) -> None:
+        d = cfg.data
         self.cfg, self.log = cfg, log
         data = read_lcrec(d.path, max_description_chars=d.max_description_chars)
         log(f"data: {data.report.summary()}")
@@ -67,6 +68,51 @@ class RecommenderTask:
         self.data = data
         cold = remove_cold_items(leave_one_out(data.sequences), data.num_items, d.cold_fraction, d.cold_seed)
         self.split, self.cold = cold.split, cold.cold
+        self.valid_cases = ranking.make_eval_cases(self.split, "valid", d.max_history)
+        self.test_cases = ranking.make_eval_cases(self.split, "test", d.max_history)
+        if not len(self.valid_cases):
+            raise DataError(f"{d.path}: no user has the 3 or more interactions that leave-one-out needs for a "
+                            f"validation and a test case, so nothing could be evaluated")
+
+    def ranks(self, params, constants, cases: ranking.EvalCases, desc: str = "evaluation") -> np.ndarray:
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- Evaluates
+    def evaluate(self, params, constants) -> dict:
+        ranks = self.ranks(params, constants, self.valid_cases, "validation")
+        return {f"valid_{k}": v for k, v in ranking.metrics_from_ranks(ranks).items()}
+
+    def report(self, params, constants) -> dict:
+        """Test metrics of all cases, by target popularity, and of the cold-start targets."""
+        ranks = self.ranks(params, constants, self.test_cases, "test")
+        out = dict(ranking.metrics_from_ranks(ranks))
+        out["cases"] = len(ranks)
+        out.update({f"valid_{k}": v for k, v in ranking.metrics_from_ranks(
+            self.ranks(params, constants, self.valid_cases, "validation")).items()})
+        n = self.cfg.eval.popularity_buckets
+        counts = ranking.item_counts(self.split.train, self.data.num_items)
+        buckets = ranking.bucket_by_popularity(counts, self.test_cases.targets, n)
+        out["popularity_buckets"] = ranking.metrics_by_bucket(ranks, buckets, n)
+        if len(self.cold):
+            is_cold = np.isin(self.test_cases.targets, self.cold)
+            out["cold_items"] = len(self.cold)
+            out["cold_cases"] = int(is_cold.sum())
+            if is_cold.any():
+                out.update({f"cold_{k}": v for k, v in ranking.metrics_from_ranks(ranks[is_cold]).items()})
+            if (~is_cold).any():
+                out.update({f"warm_{k}": v for k, v in ranking.metrics_from_ranks(ranks[~is_cold]).items()})
+        return out
+
+
+class RecommenderTask(LeaveOneOut):
+    """SASRec over item IDs or fixed semantic IDs; capabilities: Evaluates, Servable."""
+    name = "recommender"
+    model_keys = ("inputs", "targets")
+
+    def __init__(self, cfg, cache_dir: str, log=print):
+        m, d = cfg.model, cfg.data
+        self._read(cfg, log)
+        data = self.data
         self.examples = next_item_examples(self.split.train, d.max_history)
         if not len(self.examples["inputs"]):
             raise DataError(f"{d.path}: no training sequences are left once the validation and test items are held out")
@@ -74,11 +120,6 @@ class RecommenderTask:
         if cap < 0:
             cap = target_capacity(self.examples["targets"], cfg.train.batch_size)
         self.capacity = cap or None
-        self.valid_cases = ranking.make_eval_cases(self.split, "valid", d.max_history)
-        self.test_cases = ranking.make_eval_cases(self.split, "test", d.max_history)
-        if not len(self.valid_cases):
-            raise DataError(f"{d.path}: no user has the 3 or more interactions that leave-one-out needs for a "
-                            f"validation and a test case, so nothing could be evaluated")
         self.constants = {}
         self.sasrec = self._make_sasrec(cache_dir)
         if len(self.cold):  # cold items are not in the training softmax (not even as negatives)
@@ -129,31 +170,6 @@ class RecommenderTask:
         table = self.item_table(params, constants)  # once per evaluation, not once per batch
         return ranking.evaluate_ranks(lambda b: self._scores(params, table, b["history"]), cases,
                                       self.cfg.eval.batch_size, log=self.log, desc=desc)
-
-    def evaluate(self, params, constants) -> dict:
-        ranks = self.ranks(params, constants, self.valid_cases, "validation")
-        return {f"valid_{k}": v for k, v in ranking.metrics_from_ranks(ranks).items()}
-
-    def report(self, params, constants) -> dict:
-        """Test metrics of all cases, by target popularity, and of the cold-start targets."""
-        ranks = self.ranks(params, constants, self.test_cases, "test")
-        out = dict(ranking.metrics_from_ranks(ranks))
-        out["cases"] = len(ranks)
-        out.update({f"valid_{k}": v for k, v in ranking.metrics_from_ranks(
-            self.ranks(params, constants, self.valid_cases, "validation")).items()})
-        n = self.cfg.eval.popularity_buckets
-        counts = ranking.item_counts(self.split.train, self.data.num_items)
-        buckets = ranking.bucket_by_popularity(counts, self.test_cases.targets, n)
-        out["popularity_buckets"] = ranking.metrics_by_bucket(ranks, buckets, n)
-        if len(self.cold):
-            is_cold = np.isin(self.test_cases.targets, self.cold)
-            out["cold_items"] = len(self.cold)
-            out["cold_cases"] = int(is_cold.sum())
-            if is_cold.any():
-                out.update({f"cold_{k}": v for k, v in ranking.metrics_from_ranks(ranks[is_cold]).items()})
-            if (~is_cold).any():
-                out.update({f"warm_{k}": v for k, v in ranking.metrics_from_ranks(ranks[~is_cold]).items()})
-        return out
 
     # -------------------------------------------------------------- Servable
     def serving_functions(self):
