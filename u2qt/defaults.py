@@ -6,6 +6,7 @@ A config file (``configs/*.py``) starts from one family and changes what differs
     user_tokenizer()  U²QT on users (task "user_tokenizer")
     item_tokenizer()  the DAS item tokenizer / plain RQ-VAE on item text (task "item_tokenizer")
     recommender()     SASRec with ID / semantic / unified items (task "recommender")
+    generative_retrieval()  TIGER: decode the next item's semantic ID (task "generative_retrieval")
 
 A family holds only the keys its task reads, so an override of a key the run does not read is
 refused as unknown. ``CONSTRAINTS`` and ``cross_key_problems`` (at the end) say what each value
@@ -190,6 +191,39 @@ def recommender() -> ml_collections.ConfigDict:
     return c
 
 
+def generative_retrieval() -> ml_collections.ConfigDict:
+    """TIGER (Rajput et al. 2023) with its sizes: 4 + 4 layers, 6 heads × 64, MLP 1024, d 128."""
+    c = common("generative_retrieval")
+    _lcrec_data(c)
+    c.data.cold_fraction = 0.0
+    c.data.cold_seed = 0
+
+    m = c.model = ml_collections.ConfigDict()
+    # The item IDs: a semantic_ids.parquet, a LETTER/GRID .json index, or "random" (same shape
+    # as model.random_levels, plus the de-dup token).
+    m.codes_path = ""
+    m.random_levels = (256, 256, 256)
+    m.user_buckets = 2000  # TIGER's hashed user token
+    m.dim = 128
+    m.num_heads = 6
+    m.head_dim = 64
+    m.mlp_dim = 1024
+    m.encoder_layers = 4
+    m.decoder_layers = 4
+    m.dropout = 0.1
+
+    c.train.batch_size = 256
+    c.train.lr = 1e-3
+    c.train.select_metric = "valid_NDCG@10"
+
+    e = c.eval = ml_collections.ConfigDict()
+    e.batch_size = 256
+    e.beam = 20  # beams decoded per case (the ranked list's length)
+    e.popularity_buckets = 3
+    e.invalid_rate_cases = 2000  # test cases decoded unconstrained for the invalid-ID rate
+    return c
+
+
 # ----------------------------------------------------------------------------- constraints
 # What a value must satisfy, by key (checked with ``u2qt.config.validate`` before any data is read
 # or anything compiles; a key the config does not hold is skipped). (test, what it must be).
@@ -208,7 +242,7 @@ def _some_of(*values):
 
 
 # The choices of the modules that read these keys (tests/test_config.py checks they agree).
-TASKS = ("user_tokenizer", "item_tokenizer", "recommender")
+TASKS = ("user_tokenizer", "item_tokenizer", "recommender", "generative_retrieval")
 DATA_FORMATS = ("synthetic", "tables", "movielens")
 SOURCES = ("tabular", "behaviour", "text")
 TEXT_NORMS = ("standardize", "l2", "none")
@@ -259,6 +293,15 @@ CONSTRAINTS = {
     "eval.batch_size": _INT_AT_LEAST_1,
     "eval.popularity_buckets": _INT_AT_LEAST_1,
     "eval.top_k": _INT_AT_LEAST_1,
+    "eval.beam": _INT_AT_LEAST_1,
+    "eval.invalid_rate_cases": _AT_LEAST_0,
+    "model.user_buckets": _INT_AT_LEAST_1,
+    "model.head_dim": _INT_AT_LEAST_1,
+    "model.mlp_dim": _INT_AT_LEAST_1,
+    "model.encoder_layers": _INT_AT_LEAST_1,
+    "model.decoder_layers": _INT_AT_LEAST_1,
+    "model.random_levels": (lambda v: len(v) >= 1 and all(isinstance(k, int) and k >= 2 for k in v),
+                            "a non-empty list of integers >= 2"),
     "train.steps": _INT_AT_LEAST_1,
     "train.epochs": (lambda v: v >= 0, ">= 0 (0 = train.steps decides)"),
     "train.batch_size": _INT_AT_LEAST_1,
@@ -308,7 +351,7 @@ def cross_key_problems(c: ml_collections.ConfigDict) -> list[str]:
     if d is not None and "path" in d and not d.path and d.get("format", "lcrec") != "synthetic":
         problems.append(f"data.path is empty: {'data.format=' + repr(d.format) if 'format' in d else 'the LC-Rec layout'}"
                         f" needs the data directory (--config.data.path=DIR)")
-    if m is not None and "num_heads" in m:
+    if m is not None and "num_heads" in m and "head_dim" not in m:  # head_dim given: heads × head_dim is free
         for width in ("dim",):
             if width in m and m[width] % max(m.num_heads, 1):
                 problems.append(f"model.{width}={m[width]} must be a multiple of model.num_heads={m.num_heads}")

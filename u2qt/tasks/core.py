@@ -105,6 +105,7 @@ TASKS = {
     "user_tokenizer": "u2qt.tasks.user_tokenizer:UserTokenizerTask",
     "item_tokenizer": "u2qt.tasks.item_tokenizer:ItemTokenizerTask",
     "recommender": "u2qt.tasks.recommender:make_recommender",
+    "generative_retrieval": "u2qt.tasks.generative:GenerativeRetrievalTask",
 }
 
 
