@@ -10,10 +10,11 @@
 Variants, comma-separated:
   beauty | office      the data set (data.path = ../shared/data/amazon-<name>-2014)
   lcrec                any other directory in the LC-Rec layout (give --config.data.path=DIR). The
-                       schedule is in epochs (train.epochs: Beauty's step counts as passes over its
-                       rows, rounded: items 3.5, rqvae 85, recommenders 35), so it scales with the
-                       data; the log line "schedule: ..." says the steps it came to and every interval
-                       it shortened to fit
+                       schedule is in epochs (train.epochs: tokenizers as Beauty's step counts in
+                       passes over its rows, items 3.5, rqvae 85; recommenders 100, past the latest
+                       validation peak of the Beauty/Office runs, 91 epochs, since the best validation
+                       step is kept), so it scales with the data; the log line "schedule: ..." says the
+                       steps it came to and every interval it shortened to fit
   rqvae                a plain RQ-VAE item tokenizer (TIGER's, and RQ-VAE-Recommender's: 384→512→256→128→32
                        MLP, 3 codes × 256, commitment 0.25, k-means init, AdamW 1e-3, batch 512, 2,000
                        steps, L2-normalised text, reconstruction summed over dimensions): the
@@ -34,8 +35,10 @@ from u2qt import defaults
 
 DATASETS = {"beauty": "../shared/data/amazon-beauty-2014", "office": "../shared/data/amazon-office-2014",
             "lcrec": ""}
-# Beauty's schedule (steps × batch / training rows) as passes over the data, for the lcrec variant.
-EPOCHS = {"items": 3.5, "rqvae": 85.0, "id": 35.0, "semantic": 35.0, "unified": 35.0}
+# The lcrec variant's schedule in passes over the data: the tokenizers' as on Beauty (steps × batch /
+# training rows); the recommenders' past the latest validation peak seen (Office, ID: step 1,750 of
+# 2,000 = 91 epochs; Beauty's peaked at 23-34), as the best validation step is what is kept.
+EPOCHS = {"items": 3.5, "rqvae": 85.0, "id": 100.0, "semantic": 100.0, "unified": 100.0}
 
 
 def get_config(arg=None):

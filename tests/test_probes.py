@@ -427,20 +427,20 @@ def test_any_lcrec_directory_trains_for_epochs_and_resumes_under_the_same_comman
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert train_cli.main(argv) == 0
-    # 30 users, each one training sequence; 35 epochs at batch 64 (runlocal) = 17 steps, and every
-    # interval that would not fit 17 steps is shortened and named in the log.
-    steps = math.ceil(35 * 30 / 64)
+    # 30 users, each one training sequence; 100 epochs at batch 64 (runlocal) = 47 steps, and every
+    # interval that would not fit 47 steps is shortened and named in the log.
+    steps = math.ceil(100 * 30 / 64)
     line = next(l for l in out.getvalue().splitlines() if l.startswith("schedule:"))
-    assert f"train.epochs=35 over 30 training rows at batch 64 → train.steps={steps}" in line, line
-    assert "train.warmup_steps=1 (was 2)" in line and "train.checkpoint_every=8 (was 6)" not in line, line
+    assert f"train.epochs=100 over 30 training rows at batch 64 → train.steps={steps}" in line, line
+    assert "train.log_every=2" not in line and "train.checkpoint_every" not in line, line  # these fit
     saved = json.load(open(tmp_path / "run" / "config.json"))
-    assert saved["train"]["epochs"] == 35 and saved["train"]["steps"] == 6  # saved as given, not resolved
+    assert saved["train"]["epochs"] == 100 and saved["train"]["steps"] == 6  # saved as given, not resolved
     out = io.StringIO()
     with contextlib.redirect_stdout(out):  # the same command resumes (the resume check compares the config as given)
         assert train_cli.main(argv[:-1]) == 0
     assert "resumed from the checkpoint of step 4" in out.getvalue()
     summary = json.load(open(tmp_path / "run" / "summary.json"))
-    assert summary["steps"] == steps and summary["epochs"] == 35
+    assert summary["steps"] == steps and summary["epochs"] == 100
     assert os.path.getsize(tmp_path / "run" / "training.png") > 0  # a recommender's plot too
 
 

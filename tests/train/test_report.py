@@ -31,3 +31,26 @@ def test_a_tokenizer_plot_shows_code_health_and_one_histogram_per_level(tmp_path
                       num_codes={"item": 8})
     assert titles[:4] == ["training loss", "loss terms", "quantization error per view", "at each evaluation: item codes"]
     assert [t.split(":")[0] for t in titles[4:]] == ["item level 0", "item level 1"]
+
+
+def test_resolve_epochs_sets_the_steps_and_shortens_what_would_not_fit():
+    import os
+
+    from conftest import REPO
+    from u2qt import config as config_lib
+    from u2qt.train.step import resolve_epochs
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "amazon.py") + ":lcrec,items")
+    lines = []
+    resolve_epochs(cfg, rows=10_000, log=lines.append)  # 3.5 epochs at batch 256: 137 steps
+    assert cfg.train.steps == 137
+    assert (cfg.train.warmup_steps, cfg.quantizer.kmeans_at_step, cfg.train.log_every, cfg.train.eval_every,
+            cfg.train.checkpoint_every) == (13, 13, 6, 34, 68)
+    assert lines == ["schedule: train.epochs=3.5 over 10,000 training rows at batch 256 → train.steps=137, "
+                     "train.warmup_steps=13 (was 100), quantizer.kmeans_at_step=13 (was 200), train.log_every=6 "
+                     "(was 50), train.eval_every=34 (was 500), train.checkpoint_every=68 (was 500)"]
+    big = config_lib.load_config_file(os.path.join(REPO, "configs", "amazon.py") + ":lcrec,items")
+    resolve_epochs(big, rows=10_000_000, log=lines.append)  # long enough: only the steps change
+    assert big.train.steps == 136_719 and big.train.eval_every == 500 and lines[-1].endswith("train.steps=136,719")
+    plain = config_lib.load_config_file(os.path.join(REPO, "configs", "amazon.py") + ":beauty,items")
+    resolve_epochs(plain, rows=10, log=lines.append)  # train.epochs = 0: nothing changes, nothing logged
+    assert plain.train.steps == 2000 and len(lines) == 2
