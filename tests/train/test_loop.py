@@ -245,6 +245,12 @@ def test_a_non_finite_state_is_never_saved():
         checkpoint.check_finite(poisoned, 8, 4)
     with pytest.raises(FloatingPointError, match="no checkpoint was written"):
         checkpoint.check_finite(poisoned, 8, None)
+    # Before the first evaluation the best-so-far score is the -inf sentinel: a checkpoint then is fine
+    # (this stopped a TIGER run whose first checkpoint came before its first evaluation) ...
+    best = {"params": {"w": jnp.ones((3,))}, "value": jnp.asarray(-jnp.inf), "step": jnp.asarray(0)}
+    checkpoint.check_finite(dict(state, best=best), 8, None)
+    with pytest.raises(FloatingPointError):  # ... but not NaN in the kept best parameters
+        checkpoint.check_finite(dict(state, best=dict(best, params={"w": jnp.asarray([jnp.nan, 0.0, 0.0])})), 8, None)
 
 
 def test_a_second_run_on_a_workdir_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):

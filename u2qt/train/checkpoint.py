@@ -25,7 +25,10 @@ def _all_finite(tree) -> jax.Array:
 def check_finite(state, step: int, last_saved: int | None) -> None:
     """Raises before a save when any float in the train state (parameters, optimizer moments,
     codebook usage) is NaN/Inf: such a checkpoint would become the resume point of every rerun.
-    The check runs on device; only one boolean comes back."""
+    The check runs on device; only one boolean comes back. The best-so-far validation score
+    starts at -inf before the first evaluation (a sentinel, not a poisoned value) and is skipped."""
+    if "best" in state:
+        state = dict(state, best={k: v for k, v in state["best"].items() if k != "value"})
     if not bool(_all_finite(state)):
         keep = (f"the checkpoint of step {last_saved} stays the resume point" if last_saved is not None
                 else "no checkpoint was written")
