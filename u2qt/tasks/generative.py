@@ -82,7 +82,9 @@ class GenerativeRetrievalTask(LeaveOneOut):
                                jnp.asarray(constants["codes"]))["params"]
 
     def loss(self, params, batch, constants, key, step):
-        loss, metrics = tiger_loss(self.model, params, batch, constants["codes"], dropout_rng=key)
+        m = self.cfg.model
+        loss, metrics = tiger_loss(self.model, params, batch, constants["codes"], dropout_rng=key,
+                                   buckets=tuple(m.length_buckets), chunks=m.length_chunks)
         return loss, {"metrics": metrics}
 
     # -------------------------------------------------------------- decoding
