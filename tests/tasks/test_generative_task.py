@@ -12,13 +12,15 @@ from u2qt import config as config_lib
 ITEMS = 100
 
 
-def _walks(root, users=200, length=8, seed=0):
+def _walks(root, users=200, length=8, seed=0, min_length=None):
     """Each user walks the items in a fixed cycle: the next item is always (last mod 100) + 1
     (the leave-one-out test item too), so a model that learns the rule ranks it first."""
     rng = np.random.default_rng(seed)
     path = os.path.join(root, "walk")
     os.makedirs(path)
-    inter = {f"u{u}": [str((s + k) % ITEMS) for k in range(length)] for u, s in enumerate(rng.integers(0, ITEMS, users))}
+    lengths = rng.integers(min_length or length, length + 1, users)
+    inter = {f"u{u}": [str((s + k) % ITEMS) for k in range(n)]
+             for u, (s, n) in enumerate(zip(rng.integers(0, ITEMS, users), lengths))}
     items = {str(i): {"title": f"thing {i}", "description": ""} for i in range(ITEMS)}
     json.dump(inter, open(os.path.join(path, "Walk.inter.json"), "w"))
     json.dump(items, open(os.path.join(path, "Walk.item.json"), "w"))
@@ -75,3 +77,19 @@ def test_tiger_without_an_id_table_names_the_key(tmp_path):
     data = _walks(str(tmp_path), users=20)
     with pytest.raises(ValueError, match="model.codes_path is empty"):
         GenerativeRetrievalTask(_config(data, **{"model.codes_path": ""}), str(tmp_path / "cache"), log=lambda m: None)
+
+
+def test_length_bucketed_decoding_ranks_exactly_as_the_full_window(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    from u2qt.tasks.generative import GenerativeRetrievalTask
+    data = _walks(str(tmp_path), users=40, length=12, min_length=3)  # histories of 1..10 items
+    ranks = {}
+    for buckets in ("()", "(2, 5, 20)"):
+        task = GenerativeRetrievalTask(_config(data, **{"model.length_buckets": buckets}), str(tmp_path / "cache"),
+                                       log=lambda m: None)
+        constants = {k: jnp.asarray(v) for k, v in task.constants.items()}
+        params = task.init(jax.random.key(0), {k: v[:2] for k, v in task.examples.items()}, constants)
+        ranks[buckets] = task.ranks(params, constants, task.valid_cases)
+    np.testing.assert_array_equal(ranks["()"], ranks["(2, 5, 20)"])
+    assert (ranks["()"] < ITEMS).any()  # some targets are decoded at all (the comparison is not of two empties)

@@ -109,15 +109,30 @@ class GenerativeRetrievalTask(LeaveOneOut):
                             constrained=constrained)
 
     # -------------------------------------------------------------- Evaluates
+    def _cut(self, history) -> np.ndarray:
+        """A batch of histories cut to the shortest ``model.length_buckets`` length that holds
+        the longest of them (the same decoding, less padding; one compile per bucket)."""
+        history = np.asarray(history)
+        buckets = tuple(self.cfg.model.length_buckets) or (history.shape[1],)
+        need = int((history > 0).sum(1).max(initial=0))
+        return history[:, -next((k for k in buckets if k >= need), history.shape[1]):]
+
     def ranks(self, params, constants, cases: ranking.EvalCases, desc: str = "evaluation") -> np.ndarray:
         num_items = self.data.num_items
 
         def scores(b):  # the decoded items get their log-probabilities, every other item NEG
-            items, logp, _, valid = self.decode(params, constants, b["history"], b["user"])
+            items, logp, _, valid = self.decode(params, constants, self._cut(b["history"]), b["user"])
             rows = jnp.arange(items.shape[0])[:, None]
             return jnp.full((items.shape[0], num_items + 1), NEG).at[rows, items].set(jnp.where(valid, logp, NEG))
 
-        return ranking.evaluate_ranks(scores, cases, self.cfg.eval.batch_size, log=self.log, desc=desc)
+        # Cases sorted by history length, so most batches decode a short window; ranks come back
+        # in the cases' own order.
+        order = np.argsort((cases.history > 0).sum(1), kind="stable")
+        by_length = ranking.EvalCases(users=cases.users[order], history=cases.history[order],
+                                      targets=cases.targets[order])
+        ranks = np.empty(len(cases), np.int64)
+        ranks[order] = ranking.evaluate_ranks(scores, by_length, self.cfg.eval.batch_size, log=self.log, desc=desc)
+        return ranks
 
     def report(self, params, constants) -> dict:
         out = super().report(params, constants)
@@ -126,7 +141,7 @@ class GenerativeRetrievalTask(LeaveOneOut):
         invalid = []
         for start in range(0, n, self.cfg.eval.batch_size):
             take = slice(start, min(start + self.cfg.eval.batch_size, n))
-            _, _, _, valid = self.decode(params, constants, self.test_cases.history[take],
+            _, _, _, valid = self.decode(params, constants, self._cut(self.test_cases.history[take]),
                                          self.test_cases.users[take], constrained=False)
             invalid.append(1.0 - np.asarray(valid[:, :k], np.float32))
         out[f"invalid_rate_unconstrained@{k}"] = float(np.concatenate(invalid).mean())
