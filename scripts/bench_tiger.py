@@ -5,8 +5,10 @@ cost analysis) and constrained beam-search decoding (users/s at each beam, compi
                                   [--batch 256] [--set KEY=VALUE ...]
 
 The step is the one the train loop runs (``make_train_step``); decoding is the task's own
-(``GenerativeRetrievalTask.decode``) on the validation cases, at the config's untrained
-parameters (decoding cost does not depend on the weights). Prints a Markdown table.
+(``GenerativeRetrievalTask.decode``, full 20-item window) on the validation cases, and the last
+row ranks ``--eval-cases`` validation cases as an evaluation does (length-sorted batches, windows
+cut to ``eval.length_buckets``); all at the config's untrained parameters (decoding cost does not
+depend on the weights). Prints a Markdown table.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("--beams", default="10,20")
     p.add_argument("--batch", type=int, default=256, help="users per decoding batch")
     p.add_argument("--decode-batches", type=int, default=3, help="timed decoding batches per beam")
+    p.add_argument("--eval-cases", type=int, default=1024,
+                   help="validation cases ranked as the evaluation does (length-sorted, windows cut)")
     p.add_argument("--set", action="append", default=[], help="a config override KEY=VALUE (repeatable)")
     args = p.parse_args(argv)
 
@@ -80,6 +84,14 @@ def main(argv=None) -> int:
         jax.block_until_ready(out)
         rows.append((beams, first_s, args.batch * args.decode_batches / (time.time() - t0)))
 
+    from u2qt.eval.ranking import EvalCases
+    subset = EvalCases(users=cases.users[:args.eval_cases], history=cases.history[:args.eval_cases],
+                       targets=cases.targets[:args.eval_cases])
+    task.ranks(state["params"], constants, subset)  # compiles each bucket's decoder
+    t0 = time.time()
+    task.ranks(state["params"], constants, subset)
+    eval_s = time.time() - t0
+
     print(f"TIGER, {args.config}{' ' + ' '.join(args.set) if args.set else ''}; {params:,} parameters; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}, "
           f"{time.strftime('%Y-%m-%d')}")
@@ -90,6 +102,9 @@ def main(argv=None) -> int:
     for beams, first_s, users_s in rows:
         print(f"| decode, beam {beams} | {args.batch} | {first_s:.1f} (first batch) | "
               f"{args.batch / users_s * 1e3:,.0f} ms | {users_s:,.0f} users/s | | |")
+    print(f"| evaluation: {len(subset):,} validation cases, beam {cfg.eval.beam}, windows cut to "
+          f"{tuple(cfg.eval.length_buckets) or 'none'} | {cfg.eval.batch_size} | | {eval_s:,.1f} s | "
+          f"{len(subset) / eval_s:,.0f} users/s | | |")
     return 0
 
 

@@ -211,11 +211,6 @@ def generative_retrieval() -> ml_collections.ConfigDict:
     m.encoder_layers = 4
     m.decoder_layers = 4
     m.dropout = 0.1
-    # Training encodes each chunk of a length-sorted batch with its history cut to the shortest of
-    # these lengths (in items) that fits it: the same loss as the full window for less compute (most
-    # histories are short). () = always the full window; the last must be data.max_history.
-    m.length_buckets = (5, 10, 20)
-    m.length_chunks = 4  # chunks per batch (the batch size must be a multiple)
 
     c.train.batch_size = 256
     c.train.lr = 1e-3
@@ -226,6 +221,10 @@ def generative_retrieval() -> ml_collections.ConfigDict:
     e.beam = 20  # beams decoded per case (the ranked list's length)
     e.popularity_buckets = 3
     e.invalid_rate_cases = 2000  # test cases decoded unconstrained for the invalid-ID rate
+    # Evaluation decodes cases sorted by history length, each batch with its histories cut to the
+    # shortest of these lengths (in items) that holds them: the same ranks as the full window for
+    # less work (most histories are short). () = always the full window.
+    e.length_buckets = (5, 10, 20)
     return c
 
 
@@ -301,9 +300,8 @@ CONSTRAINTS = {
     "eval.beam": _INT_AT_LEAST_1,
     "eval.invalid_rate_cases": _AT_LEAST_0,
     "model.user_buckets": _INT_AT_LEAST_1,
-    "model.length_chunks": _INT_AT_LEAST_1,
-    "model.length_buckets": (lambda v: all(isinstance(k, int) and k >= 1 for k in v) and list(v) == sorted(set(v)),
-                             "ascending integers >= 1 (or empty)"),
+    "eval.length_buckets": (lambda v: all(isinstance(k, int) and k >= 1 for k in v) and list(v) == sorted(set(v)),
+                            "ascending integers >= 1 (or empty)"),
     "model.head_dim": _INT_AT_LEAST_1,
     "model.mlp_dim": _INT_AT_LEAST_1,
     "model.encoder_layers": _INT_AT_LEAST_1,
@@ -363,10 +361,8 @@ def cross_key_problems(c: ml_collections.ConfigDict) -> list[str]:
         for width in ("dim",):
             if width in m and m[width] % max(m.num_heads, 1):
                 problems.append(f"model.{width}={m[width]} must be a multiple of model.num_heads={m.num_heads}")
-    if m is not None and "length_buckets" in m and m.length_buckets and m.length_buckets[-1] != c.data.max_history:
-        problems.append(f"model.length_buckets={tuple(m.length_buckets)} must end with data.max_history="
+    e = c.get("eval")
+    if e is not None and e.get("length_buckets") and e.length_buckets[-1] != c.data.max_history:
+        problems.append(f"eval.length_buckets={tuple(e.length_buckets)} must end with data.max_history="
                         f"{c.data.max_history}, so every history fits one")
-    if m is not None and "length_chunks" in m and m.length_buckets and c.train.batch_size % m.length_chunks:
-        problems.append(f"train.batch_size={c.train.batch_size} must be a multiple of model.length_chunks="
-                        f"{m.length_chunks}")
     return problems

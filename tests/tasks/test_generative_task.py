@@ -86,7 +86,7 @@ def test_length_bucketed_decoding_ranks_exactly_as_the_full_window(tmp_path):
     data = _walks(str(tmp_path), users=40, length=12, min_length=3)  # histories of 1..10 items
     ranks = {}
     for buckets in ("()", "(2, 5, 20)"):
-        task = GenerativeRetrievalTask(_config(data, **{"model.length_buckets": buckets}), str(tmp_path / "cache"),
+        task = GenerativeRetrievalTask(_config(data, **{"eval.length_buckets": buckets}), str(tmp_path / "cache"),
                                        log=lambda m: None)
         constants = {k: jnp.asarray(v) for k, v in task.constants.items()}
         params = task.init(jax.random.key(0), {k: v[:2] for k, v in task.examples.items()}, constants)

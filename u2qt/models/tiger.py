@@ -254,47 +254,12 @@ class Tiger(nn.Module):
         return self.all_level_logits(hidden), codes
 
 
-def _apply(model, params, batch, codes_table, dropout_rng):
-    return model.apply({"params": params}, batch["history"], batch["user"], batch["target"], codes_table,
-                       deterministic=dropout_rng is None,
-                       rngs={"dropout": dropout_rng} if dropout_rng is not None else {})
-
-
-def length_bucketed_apply(model: Tiger, params, batch: dict, codes_table, dropout_rng=None,
-                          buckets: Sequence[int] = (), chunks: int = 4):
-    """The teacher-forced logits with less padding: the batch is sorted by history length and cut
-    into ``chunks`` equal chunks; each chunk's histories are cut to the shortest of ``buckets``
-    (numbers of items, ascending, the last = max_history) that holds its longest history, chosen
-    at run time by ``lax.switch`` (one compiled branch per bucket). Same result as the full window
-    (``encoder_positions``), for a fraction of the encoder's cost: most histories are short (on
-    Beauty 60% of training positions have ≤ 5 items of 20). Rows come back in sorted order, with
-    the batch reordered the same way."""
-    if not buckets:
-        return _apply(model, params, batch, codes_table, dropout_rng), batch
-    lengths = jnp.sum(batch["history"] > 0, 1)
-    order = jnp.argsort(lengths)
-    batch = jax.tree.map(lambda x: x[order], batch)
-    size = batch["history"].shape[0] // chunks
-    outs = []
-    for c in range(chunks):
-        part = jax.tree.map(lambda x: x[c * size:(c + 1) * size] if c < chunks - 1 else x[c * size:], batch)
-        rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, c)
-        need = jnp.max(jnp.sum(part["history"] > 0, 1))
-        which = jnp.minimum(jnp.searchsorted(jnp.asarray(buckets), need), len(buckets) - 1)
-        branches = [lambda p, k=k: _apply(model, params, dict(p, history=p["history"][:, -k:]), codes_table, rng)
-                    for k in buckets]
-        outs.append(jax.lax.switch(which, branches, part))
-    logits = jnp.concatenate([o[0] for o in outs])
-    codes = jnp.concatenate([o[1] for o in outs])
-    return (logits, codes), batch
-
-
-def tiger_loss(model: Tiger, params, batch: dict, codes_table, dropout_rng=None, buckets: Sequence[int] = (),
-               chunks: int = 4):
+def tiger_loss(model: Tiger, params, batch: dict, codes_table, dropout_rng=None):
     """L = - Σ_l log p(c_l | history, c_<l), mean over the batch; also the per-level accuracy
-    of the teacher-forced argmax and the exact-match rate of all levels. With ``buckets``, the
-    encoder runs on length-bucketed chunks (``length_bucketed_apply``; the same loss)."""
-    (logits, codes), _ = length_bucketed_apply(model, params, batch, codes_table, dropout_rng, buckets, chunks)
+    of the teacher-forced argmax and the exact-match rate of all levels."""
+    logits, codes = model.apply({"params": params}, batch["history"], batch["user"], batch["target"], codes_table,
+                                deterministic=dropout_rng is None,
+                                rngs={"dropout": dropout_rng} if dropout_rng is not None else {})
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
     nll = -jnp.take_along_axis(logp, codes[..., None], -1)[..., 0]         # [B, L]
     loss = jnp.mean(jnp.sum(nll, -1))

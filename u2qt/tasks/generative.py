@@ -82,9 +82,7 @@ class GenerativeRetrievalTask(LeaveOneOut):
                                jnp.asarray(constants["codes"]))["params"]
 
     def loss(self, params, batch, constants, key, step):
-        m = self.cfg.model
-        loss, metrics = tiger_loss(self.model, params, batch, constants["codes"], dropout_rng=key,
-                                   buckets=tuple(m.length_buckets), chunks=m.length_chunks)
+        loss, metrics = tiger_loss(self.model, params, batch, constants["codes"], dropout_rng=key)
         return loss, {"metrics": metrics}
 
     # -------------------------------------------------------------- decoding
@@ -110,10 +108,10 @@ class GenerativeRetrievalTask(LeaveOneOut):
 
     # -------------------------------------------------------------- Evaluates
     def _cut(self, history) -> np.ndarray:
-        """A batch of histories cut to the shortest ``model.length_buckets`` length that holds
+        """A batch of histories cut to the shortest ``eval.length_buckets`` length that holds
         the longest of them (the same decoding, less padding; one compile per bucket)."""
         history = np.asarray(history)
-        buckets = tuple(self.cfg.model.length_buckets) or (history.shape[1],)
+        buckets = tuple(self.cfg.eval.length_buckets) or (history.shape[1],)
         need = int((history > 0).sum(1).max(initial=0))
         return history[:, -next((k for k in buckets if k >= need), history.shape[1]):]
 
