@@ -54,3 +54,16 @@ def test_resolve_epochs_sets_the_steps_and_shortens_what_would_not_fit():
     plain = config_lib.load_config_file(os.path.join(REPO, "configs", "amazon.py") + ":beauty,items")
     resolve_epochs(plain, rows=10, log=lines.append)  # train.epochs = 0: nothing changes, nothing logged
     assert plain.train.steps == 2000 and len(lines) == 2
+
+
+def test_the_printed_report_names_counts_as_integers_and_shows_the_popularity_buckets():
+    from u2qt.train.report import summary_text
+    summary = {"wall_seconds": 12.3, "selected": {"step": 250, "metric": "valid_NDCG@10", "value": 0.05},
+               "test": {"Recall@10": 0.1234, "NDCG@10": 0.0567, "cases": 4905,
+                        "popularity_buckets": [{"Recall@10": 0.3, "NDCG@10": 0.2, "cases": 358},
+                                               {"Recall@10": 0.1, "NDCG@10": 0.05, "cases": 4547}]}}
+    text = summary_text(summary, "runs/x")
+    assert "test: Recall@10 0.1234, NDCG@10 0.0567, cases 4,905" in text
+    assert ("test by target popularity (head → tail, equal shares of training interactions): Recall@10 0.3000 / "
+            "0.1000; NDCG@10 0.2000 / 0.0500 (358 / 4,547 cases)") in text
+    assert "selected the step-250 parameters by valid_NDCG@10 = 0.0500" in text

@@ -23,6 +23,12 @@ def summary_text(summary: dict, workdir: str, row_kind: str = "user") -> str:
     if "test" in summary:
         lines.append("  test: " + ", ".join(f"{k} {_number(v)}" for k, v in summary["test"].items()
                                             if isinstance(v, (int, float))))
+        buckets = summary["test"].get("popularity_buckets")
+        if buckets:
+            lines.append("  test by target popularity (head → tail, equal shares of training interactions): "
+                         + "; ".join(f"{metric} " + " / ".join(f"{b[metric]:.4f}" for b in buckets)
+                                     for metric in ("Recall@10", "NDCG@10"))
+                         + " (" + " / ".join(f"{b['cases']:,}" for b in buckets) + " cases)")
     for w in summary.get("data_warnings", ()):
         lines.append(f"  data warning: {w}")
     if "views" not in summary:
