@@ -94,10 +94,5 @@ def get_config(arg=None):
         c.quantizer.kmeans_iters = 3
         c.quantizer.kmeans_at_step = 2
         c.quantizer.reset_every = 2
-        c.train.batch_size = 64
-        c.train.steps = 6
-        c.train.warmup_steps = 2
-        c.train.log_every = 2
-        c.train.eval_every = 3
-        c.train.checkpoint_every = 6
+        defaults.short_schedule(c)
     return c

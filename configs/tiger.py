@@ -35,10 +35,7 @@ def get_config(arg=None):
     c.data.cold_fraction = 0.05 if v["coldstart"] else 0.0
     c.model.codes_path = "random" if ids == "random" else (
         "" if dataset == "lcrec" else f"runs/{dataset}_{ids}/semantic_ids.parquet")
-    c.train.batch_size = 256
-    c.train.lr = 1e-3
-    c.train.weight_decay = 0.01
-    c.train.steps = 20000
+    c.train.steps = 20000  # batch 256, AdamW 1e-3 (the family's)
     c.train.warmup_steps = 500
     c.train.log_every = 100
     c.train.eval_every = 2000
@@ -56,10 +53,5 @@ def get_config(arg=None):
         c.model.random_levels = (8, 8, 8)
         c.eval.beam = 10
         c.eval.invalid_rate_cases = 64
-        c.train.batch_size = 64
-        c.train.steps = 6
-        c.train.warmup_steps = 2
-        c.train.log_every = 2
-        c.train.eval_every = 3
-        c.train.checkpoint_every = 6
+        defaults.short_schedule(c)
     return c

@@ -56,6 +56,14 @@ def common(task: str) -> ml_collections.ConfigDict:
     return c
 
 
+def short_schedule(c: ml_collections.ConfigDict) -> None:
+    """The train schedule of the configs' ``runlocal`` variants: 6 steps of batch 64 that still
+    log, evaluate and checkpoint (for tests and a first try)."""
+    t = c.train
+    t.batch_size, t.steps, t.warmup_steps = 64, 6, 2
+    t.log_every, t.eval_every, t.checkpoint_every = 2, 3, 6
+
+
 def _quantizer(c: ml_collections.ConfigDict) -> None:
     """The keys of every codebook stack: the quantizer and the loop's codebook upkeep."""
     q = c.quantizer = ml_collections.ConfigDict()

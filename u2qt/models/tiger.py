@@ -73,13 +73,16 @@ class MLP(nn.Module):
         return nn.Dense(self.d_model)(nn.Dropout(self.dropout)(h, deterministic=deterministic))
 
 
-class EncoderLayer(nn.Module):
+class _Block(nn.Module):
+    """The sizes every encoder and decoder layer shares."""
     heads: int
     d_kv: int
     d_model: int
     mlp: int
     dropout: float
 
+
+class EncoderLayer(_Block):
     def setup(self):
         self.ln1, self.ln2 = nn.LayerNorm(), nn.LayerNorm()
         self.attn = Attention(self.heads, self.d_kv, self.d_model, self.dropout)
@@ -93,13 +96,7 @@ class EncoderLayer(nn.Module):
         return x + self.drop(self.ff(self.ln2(x), deterministic), deterministic=deterministic)
 
 
-class DecoderLayer(nn.Module):
-    heads: int
-    d_kv: int
-    d_model: int
-    mlp: int
-    dropout: float
-
+class DecoderLayer(_Block):
     def setup(self):
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(), nn.LayerNorm(), nn.LayerNorm()
         self.self_attn = Attention(self.heads, self.d_kv, self.d_model, self.dropout)
