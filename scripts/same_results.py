@@ -38,6 +38,12 @@ RENAMED = {"bytes_per_user_tokens": "bytes_per_row_tokens", "bytes_per_user_floa
            "test.distinct_ids": "ids.distinct_ids", "test.unique_after_dedup": "ids.unique_after_dedup",
            "test.max_dedup_token": "ids.max_dedup_token", "test.nearest_collision_rate": "ids.nearest_collision_rate",
            "test.moved_to_a_free_code": "ids.moved_to_a_free_code"}
+# Until 2026-12-01 "collision_rate" meant the share of rows sharing their codes; since then it is
+# (N − distinct)/N and the old number is "rows_sharing_codes". Files of format 1 (no "format" key)
+# are read with the old meaning, so the two are never compared with each other.
+FORMAT = 2
+OLD_COLLISION_MEANING = {"collision_rate": "rows_sharing_codes",
+                         "ids.nearest_collision_rate": "ids.nearest_rows_sharing_codes"}
 
 
 def _numbers(tree, prefix=""):
@@ -87,31 +93,40 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     results = {name: fingerprint(name, RUNS[name], args.runs, args.reuse) for name in args.only.split(",")}
     with open(args.out, "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
+        json.dump({"format": FORMAT, **results}, f, indent=2, sort_keys=True)
     if not args.against:
         return 0
-    before = json.load(open(args.against))
-    differ = False
+    differ, lines = compare(json.load(open(args.against)), results, args.against)
+    print("\n".join(lines))
+    return 1 if differ else 0
+
+
+def compare(before: dict, results: dict, name_of_before: str = "before") -> tuple[bool, list[str]]:
+    """(whether any number or token table differs, the lines saying what) between two --out files."""
+    before = dict(before)
+    old_meaning = OLD_COLLISION_MEANING if before.pop("format", 1) < 2 else {}
+    results = {k: v for k, v in results.items() if k != "format"}
+    differ, lines = False, []
     for name, now in results.items():
         old = before.get(name)
         if old is None:
-            print(f"{name}: not in {args.against}")
+            lines.append(f"{name}: not in {name_of_before}")
             continue
-        was = {RENAMED.get(k, k): v for k, v in old["numbers"].items()}
+        was = {old_meaning.get(RENAMED.get(k, k), RENAMED.get(k, k)): v for k, v in old["numbers"].items()}
         for key in sorted(set(was) | set(now["numbers"])):
             a, b = was.get(key), now["numbers"].get(key)
             if a is None:
-                print(f"{name}: {key}: new number {b}")
+                lines.append(f"{name}: {key}: new number {b}")
             elif a != b:
                 differ = True
-                print(f"{name}: {key}: {a} -> {b}")
+                lines.append(f"{name}: {key}: {a} -> {b}")
         if old["tables"] != now["tables"]:
             differ = True
-            print(f"{name}: token tables {old['tables']} -> {now['tables']}")
-        print(f"{name}: {len(set(was) & set(now['numbers']))} numbers compared, wall {old['wall_s']:.0f}s -> "
-              f"{now['wall_s']:.0f}s")
-    print("DIFFERENT" if differ else "SAME")
-    return 1 if differ else 0
+            lines.append(f"{name}: token tables {old['tables']} -> {now['tables']}")
+        lines.append(f"{name}: {len(set(was) & set(now['numbers']))} numbers compared, wall {old['wall_s']:.0f}s -> "
+                     f"{now['wall_s']:.0f}s")
+    lines.append("DIFFERENT" if differ else "SAME")
+    return differ, lines
 
 
 if __name__ == "__main__":
