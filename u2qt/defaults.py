@@ -219,6 +219,7 @@ def generative_retrieval() -> ml_collections.ConfigDict:
     m.encoder_layers = 4
     m.decoder_layers = 4
     m.dropout = 0.1
+    m.dtype = "float32"  # compute dtype: float32 | bfloat16 (accelerators); parameters stay float32
 
     c.train.batch_size = 256
     c.train.lr = 1e-3
@@ -308,6 +309,7 @@ CONSTRAINTS = {
     "eval.beam": _INT_AT_LEAST_1,
     "eval.invalid_rate_cases": _AT_LEAST_0,
     "model.user_buckets": _INT_AT_LEAST_1,
+    "model.dtype": _one_of("float32", "bfloat16"),
     "eval.length_buckets": (lambda v: all(isinstance(k, int) and k >= 1 for k in v) and list(v) == sorted(set(v)),
                             "ascending integers >= 1 (or empty)"),
     "model.head_dim": _INT_AT_LEAST_1,

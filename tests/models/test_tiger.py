@@ -111,3 +111,21 @@ def test_user_buckets_are_stable_and_in_range():
     a = user_buckets(["u1", "u2", "alice"], 2000)
     assert a.tolist() == user_buckets(["u1", "u2", "alice"], 2000).tolist() and (0 <= a).all() and (a < 2000).all()
 
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_close_results():
+    codes = jnp.asarray(_codes(20))
+    history = jnp.asarray([[0, 0, 3, 4, 5], [1, 2, 3, 4, 6]], jnp.int32)
+    user, target = jnp.asarray([0, 3], jnp.int32), jnp.asarray([8, 9], jnp.int32)
+    f32, bf16 = _small(), _small().clone(dtype=jnp.bfloat16)
+    params = f32.init(jax.random.key(0), history, user, target, codes)["params"]
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    batch = {"history": history, "user": user, "target": target}
+    full, _ = tiger_loss(f32, params, batch, codes)
+    half, _ = tiger_loss(bf16, params, batch, codes)
+    assert half.dtype == jnp.float32 and abs(float(half) - float(full)) < 0.05 * abs(float(full))
+    bound = bf16.bind({"params": params})  # decoding in bfloat16: the cache takes the compute dtype
+    tokens, mask = bound.encoder_tokens(history, user, codes)
+    hidden, cache = bound.decode_step(jnp.full((2, 3), BOS), jnp.asarray(0), bound.empty_cache(2, 3),
+                                      bound.cross_kv(bound.encode(tokens, mask)), mask)
+    assert cache[0][0].dtype == jnp.bfloat16 and bool(jnp.isfinite(bound.level_logits(hidden, 0)).all())

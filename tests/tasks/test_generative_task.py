@@ -93,3 +93,24 @@ def test_length_bucketed_decoding_ranks_exactly_as_the_full_window(tmp_path):
         ranks[buckets] = task.ranks(params, constants, task.valid_cases)
     np.testing.assert_array_equal(ranks["()"], ranks["(2, 5, 20)"])
     assert (ranks["()"] < ITEMS).any()  # some targets are decoded at all (the comparison is not of two empties)
+
+
+def test_tigers_serving_function_gives_the_decoded_items(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    from u2qt.tasks.generative import GenerativeRetrievalTask
+    data = _walks(str(tmp_path), users=30)
+    task = GenerativeRetrievalTask(_config(data), str(tmp_path / "cache"), log=lambda m: None)
+    constants = {k: jnp.asarray(v) for k, v in task.constants.items()}
+    params = task.init(jax.random.key(0), {k: v[:2] for k, v in task.examples.items()}, constants)
+    serve = task.serving_functions()["top_k"]
+    history, users = task.test_cases.history[:5], task.test_cases.users[:5]
+    buckets = task.constants["user_bucket"][users]
+    scores, items = serve.fn(params, constants, jnp.asarray(history), jnp.asarray(buckets))
+    want_items, want_logp, _, valid = task.decode(params, constants, history, users)
+    np.testing.assert_array_equal(np.asarray(items), np.asarray(want_items))
+    np.testing.assert_allclose(np.asarray(scores), np.asarray(want_logp), rtol=1e-6)
+    assert bool(valid.all()) and items.shape == (5, task.cfg.eval.beam)
+    assert (np.diff(np.asarray(scores), axis=1) <= 1e-6).all()  # best first
+    shapes = jax.eval_shape(serve.fn, params, constants, *serve.abstract_inputs(3))  # any batch size traces
+    assert shapes[1].shape == (3, task.cfg.eval.beam)

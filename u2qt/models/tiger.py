@@ -21,7 +21,7 @@ once per user and shared by all beams (``cross_kv``, ``decode_step``).
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -42,11 +42,12 @@ class Attention(nn.Module):
     d_kv: int
     d_model: int
     dropout: float
+    dtype: Any = jnp.float32
 
     def setup(self):
-        dense = lambda: nn.DenseGeneral((self.heads, self.d_kv), use_bias=False)
+        dense = lambda: nn.DenseGeneral((self.heads, self.d_kv), use_bias=False, dtype=self.dtype)
         self.q, self.k, self.v = dense(), dense(), dense()
-        self.o = nn.DenseGeneral(self.d_model, axis=(-2, -1), use_bias=False)
+        self.o = nn.DenseGeneral(self.d_model, axis=(-2, -1), use_bias=False, dtype=self.dtype)
         self.drop = nn.Dropout(self.dropout)
 
     def kv(self, x):
@@ -66,11 +67,12 @@ class MLP(nn.Module):
     d_model: int
     hidden: int
     dropout: float
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
-        h = nn.gelu(nn.Dense(self.hidden)(x))
-        return nn.Dense(self.d_model)(nn.Dropout(self.dropout)(h, deterministic=deterministic))
+        h = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+        return nn.Dense(self.d_model, dtype=self.dtype)(nn.Dropout(self.dropout)(h, deterministic=deterministic))
 
 
 class _Block(nn.Module):
@@ -80,13 +82,21 @@ class _Block(nn.Module):
     d_model: int
     mlp: int
     dropout: float
+    dtype: Any = jnp.float32
+
+    def parts(self):
+        """A LayerNorm, attention and MLP factory at this block's sizes and compute dtype."""
+        return (lambda: nn.LayerNorm(dtype=self.dtype),
+                lambda: Attention(self.heads, self.d_kv, self.d_model, self.dropout, self.dtype),
+                lambda: MLP(self.d_model, self.mlp, self.dropout, self.dtype))
 
 
 class EncoderLayer(_Block):
     def setup(self):
-        self.ln1, self.ln2 = nn.LayerNorm(), nn.LayerNorm()
-        self.attn = Attention(self.heads, self.d_kv, self.d_model, self.dropout)
-        self.ff = MLP(self.d_model, self.mlp, self.dropout)
+        norm, attention, mlp = self.parts()
+        self.ln1, self.ln2 = norm(), norm()
+        self.attn = attention()
+        self.ff = mlp()
         self.drop = nn.Dropout(self.dropout)
 
     def __call__(self, x, mask, deterministic: bool):
@@ -98,10 +108,10 @@ class EncoderLayer(_Block):
 
 class DecoderLayer(_Block):
     def setup(self):
-        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(), nn.LayerNorm(), nn.LayerNorm()
-        self.self_attn = Attention(self.heads, self.d_kv, self.d_model, self.dropout)
-        self.cross_attn = Attention(self.heads, self.d_kv, self.d_model, self.dropout)
-        self.ff = MLP(self.d_model, self.mlp, self.dropout)
+        norm, attention, mlp = self.parts()
+        self.ln1, self.ln2, self.ln3 = norm(), norm(), norm()
+        self.self_attn, self.cross_attn = attention(), attention()
+        self.ff = mlp()
         self.drop = nn.Dropout(self.dropout)
 
     def cross_kv(self, enc):
@@ -130,6 +140,7 @@ class Tiger(nn.Module):
     encoder_layers: int = 4
     decoder_layers: int = 4
     dropout: float = 0.1
+    dtype: Any = jnp.float32  # compute dtype (bfloat16 on accelerators); parameters and logits stay float32
 
     @property
     def levels(self) -> int:
@@ -148,14 +159,16 @@ class Tiger(nn.Module):
         return self.first_code + int(sum(self.level_sizes))
 
     def setup(self):
-        layer = dict(heads=self.heads, d_kv=self.d_kv, d_model=self.d_model, mlp=self.mlp, dropout=self.dropout)
-        self.embed = nn.Embed(self.vocab, self.d_model, embedding_init=nn.initializers.normal(1.0))
+        layer = dict(heads=self.heads, d_kv=self.d_kv, d_model=self.d_model, mlp=self.mlp, dropout=self.dropout,
+                     dtype=self.dtype)
+        self.embed = nn.Embed(self.vocab, self.d_model, embedding_init=nn.initializers.normal(1.0), dtype=self.dtype)
         self.enc_pos = nn.Embed(1 + self.max_history * self.levels, self.d_model,
-                                embedding_init=nn.initializers.normal(0.02))
-        self.dec_pos = nn.Embed(self.levels, self.d_model, embedding_init=nn.initializers.normal(0.02))
+                                embedding_init=nn.initializers.normal(0.02), dtype=self.dtype)
+        self.dec_pos = nn.Embed(self.levels, self.d_model, embedding_init=nn.initializers.normal(0.02),
+                                dtype=self.dtype)
         self.encoder = [EncoderLayer(**layer) for _ in range(self.encoder_layers)]
         self.decoder = [DecoderLayer(**layer) for _ in range(self.decoder_layers)]
-        self.enc_norm, self.dec_norm = nn.LayerNorm(), nn.LayerNorm()
+        self.enc_norm, self.dec_norm = nn.LayerNorm(dtype=self.dtype), nn.LayerNorm(dtype=self.dtype)
         self.drop = nn.Dropout(self.dropout)
 
     # ------------------------------------------------------------------ tokens
@@ -222,8 +235,8 @@ class Tiger(nn.Module):
             x = layer(x, k, v, visible, ck, cv, cross_mask, True)
         return self.dec_norm(x)[..., 0, :], new_cache
 
-    def empty_cache(self, batch: int, beams: int, dtype=jnp.float32):
-        shape = (batch, beams, self.levels, self.heads, self.d_kv)
+    def empty_cache(self, batch: int, beams: int):
+        shape, dtype = (batch, beams, self.levels, self.heads, self.d_kv), self.dtype
         return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in self.decoder]
 
     def level_logits(self, hidden, level):
@@ -233,7 +246,7 @@ class Tiger(nn.Module):
         rows = self.first_code + jnp.asarray(self.offsets)[level] + jnp.arange(k_max)
         sizes = jnp.asarray(self.level_sizes)[level]
         table = self.embed.embedding[jnp.minimum(rows, self.vocab - 1)]      # [K_max, d]
-        logits = hidden @ table.T / np.sqrt(self.d_model).astype(np.float32)
+        logits = hidden.astype(jnp.float32) @ table.T / np.sqrt(self.d_model).astype(np.float32)
         return jnp.where(jnp.arange(k_max) < sizes, logits, NEG)
 
     def all_level_logits(self, hidden):

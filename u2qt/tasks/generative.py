@@ -50,7 +50,8 @@ class GenerativeRetrievalTask(LeaveOneOut):
         sizes = tuple(int(x) for x in ids.max(0) + 1)
         self.model = Tiger(level_sizes=sizes, user_buckets=m.user_buckets, max_history=d.max_history,
                            d_model=m.dim, heads=m.num_heads, d_kv=m.head_dim, mlp=m.mlp_dim,
-                           encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers, dropout=m.dropout)
+                           encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers, dropout=m.dropout,
+                           dtype={"float32": jnp.float32, "bfloat16": jnp.bfloat16}[m.dtype])
         self.index = PrefixIndex.build(ids, k_max=max(sizes))
         buckets = user_buckets(self.data.user_ids, m.user_buckets)
         rows = position_examples(self.split.train, d.max_history, seed=cfg.seed)
