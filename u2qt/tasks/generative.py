@@ -87,8 +87,9 @@ class GenerativeRetrievalTask(LeaveOneOut):
         return loss, {"metrics": metrics}
 
     # -------------------------------------------------------------- decoding
-    def _decode_fn(self, params, constants, history, user, beams: int, constrained: bool = True):
-        """history [B, H], user buckets [B] → (items, log-probabilities, codes, valid), each [B, beams, ...]."""
+    def _decode_fn(self, params, constants, history, user, beams: int, constrained: bool = True, index=None):
+        """history [B, H], user buckets [B] → (items, log-probabilities, codes, valid), each [B, beams, ...].
+        ``index``: the prefix index (an argument, not a constant baked into the compiled program)."""
         model, bound = self.model, self.model.bind({"params": params})
         tokens, mask = bound.encoder_tokens(history, user, constants["codes"])
         cross = bound.cross_kv(bound.encode(tokens, mask))
@@ -98,14 +99,15 @@ class GenerativeRetrievalTask(LeaveOneOut):
             return jax.nn.log_softmax(bound.level_logits(hidden, level), -1), cache
 
         token_of = lambda code, level: model.first_code + jnp.asarray(model.offsets)[level] + code
-        return beam_search(step, bound.empty_cache(history.shape[0], beams), self.index, history.shape[0], beams,
-                           model.levels, BOS, token_of, constrained)
+        index = self.index if index is None else index
+        return beam_search(step, bound.empty_cache(history.shape[0], beams), index, history.shape[0],
+                           beams, model.levels, BOS, token_of, constrained)
 
     def decode(self, params, constants, history, users, beams: int | None = None, constrained: bool = True):
         """The decoded items of cases (user rows ``users``), best first."""
         buckets = jnp.asarray(constants["user_bucket"])[users]
         return self._decode(params, constants, jnp.asarray(history), buckets, beams=beams or self.cfg.eval.beam,
-                            constrained=constrained)
+                            constrained=constrained, index=self.index)
 
     # -------------------------------------------------------------- Evaluates
     def _cut(self, history) -> np.ndarray:
