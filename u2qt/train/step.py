@@ -23,8 +23,8 @@ from u2qt.train import codebooks
 
 
 # With train.epochs, the step counts of a config written for one data set must still fit a run of
-# another length: each may take at most this share of the run (log_every: of 1/20 of it, so a
-# short run still logs 20 times).
+# another length: each may take at most this share of the run (log_every at most 1/20 of it, so
+# a short run still logs about 20 times).
 FIT_SHARE = {"train.warmup_steps": 0.1, "quantizer.kmeans_at_step": 0.1, "train.log_every": 0.05,
              "train.eval_every": 0.25, "train.checkpoint_every": 0.5}
 
