@@ -1,0 +1,107 @@
+"""Export to a serving bundle and load it with jax and numpy only."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from u2qt import config as config_lib
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, compile_cache):
+    """A short user-tokenizer run (synthetic users), exported."""
+    from u2qt.export import export_run
+    from u2qt.train.loop import run
+    root = tmp_path_factory.mktemp("export")
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "default.py:runlocal"))
+    config_lib.apply_override(cfg, "train.progress", "False")
+    config_lib.apply_override(cfg, "data.cache_dir", str(root / "cache"))
+    run(cfg, str(root / "run"))
+    manifest = export_run(str(root / "run"), str(root / "bundle"), platforms=("cpu", "cuda"), log=lambda m: None)
+    return root, cfg, manifest
+
+
+@pytest.mark.heavy
+def test_the_bundle_gives_the_in_process_tokens_for_held_out_rows(bundle):
+    from u2qt import serving
+    from u2qt.export import trained_params
+    from u2qt.tasks.core import make_task
+    root, cfg, manifest = bundle
+    assert manifest["format_version"] == serving.FORMAT_VERSION and manifest["task"] == "user_tokenizer"
+    assert manifest["functions"]["tokens"]["platforms"] == ["cpu", "cuda"]
+    assert set(manifest["codebooks"]) >= {"shared"} and manifest["parameters"] > 0
+    loaded = serving.load(str(root / "bundle"))
+    task = make_task(config_lib.load_config_file(str(root / "run" / "config.json")), str(root / "cache"),
+                     log=lambda m: None)
+    params, _ = trained_params(str(root / "run"))
+    spec = manifest["functions"]["tokens"]["inputs"]
+    for rows in (slice(0, 1), slice(100, 164), slice(100, 400)):  # batch sizes 1, 64, 300
+        inputs = [np.asarray(task.rows[k][rows]) for k in spec]
+        got = loaded("tokens", *inputs)
+        want = task.serving_functions()["tokens"].fn(params, {k: jnp.asarray(v) for k, v in task.constants.items()},
+                                                     *inputs)
+        for view in want:
+            np.testing.assert_array_equal(np.asarray(got[view]), np.asarray(want[view]))
+    # The exported tokens are the run's own table for those users.
+    import pandas as pd
+    table = pd.read_parquet(root / "bundle" / "semantic_ids.parquet")
+    shared = np.asarray(loaded("tokens", *[np.asarray(task.rows[k][:50]) for k in spec])["shared"])
+    np.testing.assert_array_equal(shared, table[[c for c in table.columns if c.startswith("shared_")]].to_numpy()[:50])
+
+
+@pytest.mark.heavy
+def test_the_loader_runs_where_flax_cannot_be_imported(bundle):
+    root, _, manifest = bundle
+    spec = manifest["functions"]["tokens"]["inputs"]
+    script = f"""
+import sys
+sys.modules["flax"] = None  # importing flax now fails
+sys.path.insert(0, {REPO!r})
+import numpy as np
+from u2qt import serving
+b = serving.load({str(root / 'bundle')!r})
+inputs = [np.zeros([2] + [d for d in s["shape"] if d != "batch"], s["dtype"]) for s in b.manifest["functions"]["tokens"]["inputs"].values()]
+out = b("tokens", *inputs)
+assert "flax" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
+print(sorted(out), {{k: np.asarray(v).shape for k, v in out.items()}})
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "shared" in done.stdout
+
+
+@pytest.mark.heavy
+def test_a_damaged_or_foreign_bundle_is_refused_with_the_reason(bundle, tmp_path):
+    import shutil
+    from u2qt import serving
+    root, _, _ = bundle
+    copy = tmp_path / "b"
+    shutil.copytree(root / "bundle", copy)
+    data = bytearray(open(copy / "params.npz", "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(copy / "params.npz", "wb").write(bytes(data))
+    with pytest.raises(serving.BundleError, match="params.npz does not match its checksum"):
+        serving.load(str(copy))
+    shutil.copy(root / "bundle" / "params.npz", copy / "params.npz")
+    serving.load(str(copy))  # restored: loads again
+    manifest = json.load(open(copy / "manifest.json"))
+    json.dump(dict(manifest, format_version=99), open(copy / "manifest.json", "w"))
+    with pytest.raises(serving.BundleError, match="bundle format version 99"):
+        serving.load(str(copy))
+    json.dump(manifest, open(copy / "manifest.json", "w"))
+    with pytest.raises(serving.BundleError, match="not for 'tpu'"):
+        serving.load(str(copy), platform="tpu")
+    os.remove(copy / "functions" / "tokens.jax")
+    with pytest.raises(serving.BundleError, match="functions/tokens.jax is missing"):
+        serving.load(str(copy))
+    with pytest.raises(serving.BundleError, match="no manifest.json"):
+        serving.load(str(tmp_path))
+    b = serving.load(str(root / "bundle"))
+    with pytest.raises(serving.BundleError, match="must have shape"):
+        b("tokens", *[np.zeros((2, 999), np.int32) for _ in b.manifest["functions"]["tokens"]["inputs"]])

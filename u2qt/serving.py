@@ -1,0 +1,131 @@
+"""Load and run an exported u2qt bundle with nothing but ``jax`` and ``numpy``.
+
+    bundle = u2qt.serving.load("bundles/beauty_id")
+    scores, items = bundle("top_k", history)           # or bundle.functions["top_k"](history)
+    bundle.manifest["functions"]["top_k"]["inputs"]     # names, shapes ("batch" = any), dtypes
+
+A bundle (written by ``python -m u2qt.export``) is a directory:
+    manifest.json       format version, u2qt / jax versions, task, config, each function's input and
+                        output specs and platforms, codebook sizes, and the SHA-256 of every file
+    functions/NAME.jax  ``jax.export``-serialized functions with a symbolic batch dimension,
+                        called as fn(params, constants, *inputs)
+    params.npz          the parameters ("/"-joined paths)
+    constants.npz       the arrays every call reads (e.g. item text embeddings, the ID table)
+    extra files         e.g. semantic_ids.parquet, items.json (item index → id), dataset_spec.json
+
+``load`` refuses, with a message naming the problem, a bundle whose format version it does not
+know, whose files do not match their checksums, or none of whose platforms this machine has.
+This module imports no flax and no model code (a test runs it with flax made unimportable).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be run here; the message says which file or field and why."""
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+    """{"a/b": x} → {"a": {"b": x}} (the layout of params.npz and constants.npz)."""
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            if "/" in str(k):
+                raise ValueError(f"key {k!r} holds '/', which the bundle layout reserves")
+            out.update(flatten(v, f"{prefix}{k}/"))
+        return out
+    return {prefix[:-1]: np.asarray(tree)}
+
+
+class Bundle:
+    """The functions of a loaded bundle, each bound to its parameters and constants."""
+
+    def __init__(self, path: str, manifest: dict, params, constants, exported: dict):
+        self.path, self.manifest, self.params, self.constants = path, manifest, params, constants
+        self._exported = exported
+        self.functions = {name: (lambda *inputs, _n=name: self(_n, *inputs)) for name in exported}
+
+    def __call__(self, name: str, *inputs):
+        if name not in self._exported:
+            raise BundleError(f"{self.path}: no function {name!r}; it has {sorted(self._exported)}")
+        spec = self.manifest["functions"][name]["inputs"]
+        if len(inputs) != len(spec):
+            raise BundleError(f"{name} takes {len(spec)} inputs ({', '.join(spec)}), got {len(inputs)}")
+        arrays = []
+        for (input_name, s), value in zip(spec.items(), inputs):
+            value = np.asarray(value, dtype=s["dtype"])
+            fixed = [d for d in s["shape"] if d != "batch"]
+            if value.ndim != len(s["shape"]) or list(value.shape[1:]) != fixed:
+                raise BundleError(f"{name}: input {input_name!r} must have shape {s['shape']}, got {list(value.shape)}")
+            arrays.append(value)
+        return self._exported[name].call(self.params, self.constants, *arrays)
+
+    def file(self, name: str) -> str:
+        """The path of one of the bundle's extra files (e.g. ``items.json``)."""
+        return os.path.join(self.path, name)
+
+
+def load(path: str, platform: str | None = None) -> Bundle:
+    """Reads and checks the bundle at ``path`` for ``platform`` (default: jax's default backend)."""
+    import jax
+    from jax import export
+
+    manifest_path = os.path.join(path, MANIFEST)
+    if not os.path.isfile(manifest_path):
+        raise BundleError(f"{path}: no {MANIFEST}; not a u2qt bundle (write one with python -m u2qt.export)")
+    try:
+        manifest = json.load(open(manifest_path, encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{manifest_path}: not valid JSON ({e})") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{manifest_path}: bundle format version {version!r}; this loader reads version "
+                          f"{FORMAT_VERSION} (export the run again with this u2qt)")
+    for name, digest in manifest.get("files", {}).items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            raise BundleError(f"{path}: {name} is missing (the manifest lists it)")
+        if sha256(file) != digest:
+            raise BundleError(f"{path}: {name} does not match its checksum in {MANIFEST}: the file is damaged or "
+                              f"was changed after export")
+    platform = (platform or jax.default_backend()).lower()
+    platform = {"gpu": "cuda"}.get(platform, platform)
+    exported = {}
+    for name, spec in manifest["functions"].items():
+        if platform not in spec["platforms"]:
+            raise BundleError(f"{path}: function {name!r} was exported for {spec['platforms']}, not for {platform!r} "
+                              f"(export again with --platforms including it)")
+        with open(os.path.join(path, spec["file"]), "rb") as f:
+            exported[name] = export.deserialize(bytearray(f.read()))
+    with np.load(os.path.join(path, "params.npz")) as f:
+        params = unflatten({k: f[k] for k in f.files})
+    with np.load(os.path.join(path, "constants.npz")) as f:
+        constants = unflatten({k: f[k] for k in f.files})
+    return Bundle(path, manifest, params, constants, exported)
