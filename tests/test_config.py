@@ -244,3 +244,16 @@ def test_a_runs_config_json_is_a_config(tmp_path):
     (tmp_path / "other.json").write_text('{"a": 1}')
     with pytest.raises(config_lib.ConfigError, match="not a u2qt run's config.json"):
         load_config_file(str(tmp_path / "other.json"))
+
+
+def test_a_config_json_from_an_older_version_gets_the_new_keys_defaults(tmp_path):
+    from u2qt import config as config_lib
+    tree = json.loads(to_json(load_config_file(DEFAULT + ":runlocal")))
+    del tree["train"]["epochs"]  # a key added after this run was made
+    (tmp_path / "config.json").write_text(json.dumps(tree))
+    cfg = load_config_file(str(tmp_path / "config.json"))
+    assert cfg.train.epochs == 0.0 and cfg.train.steps == tree["train"]["steps"]
+    tree["train"]["retired_key"] = 3
+    (tmp_path / "config.json").write_text(json.dumps(tree))
+    with pytest.raises(config_lib.ConfigError, match=r"keys \['train.retired_key'\] are not in this version"):
+        load_config_file(str(tmp_path / "config.json"))

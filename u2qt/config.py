@@ -30,6 +30,31 @@ def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
+def _over_family(tree: dict, path: str) -> ml_collections.ConfigDict:
+    """A saved config on top of its family's defaults: a run written before a key was added gets
+    that key's default; a key this version no longer has is refused by name."""
+    from u2qt import defaults
+    family = getattr(defaults, str(tree["task"]), None)
+    if tree["task"] not in defaults.TASKS or family is None:
+        raise ConfigError(f"{path}: task {tree['task']!r} is not one of {defaults.TASKS}")
+    cfg = family()
+    base, saved = flat(cfg), flat(_tuples(tree))
+    unknown = sorted(set(saved) - set(base))
+    if unknown:
+        raise ConfigError(f"{path}: keys {unknown} are not in this version's {tree['task']} config (a run from "
+                          f"another version of u2qt?)")
+    for key, value in saved.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        if isinstance(node[leaf], float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        node[leaf] = value
+    cfg.lock()
+    return cfg
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
@@ -43,9 +68,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
             raise ConfigError(f"{path}: not a JSON config: {e}") from e
         if not isinstance(tree, dict) or "task" not in tree:
             raise ConfigError(f"{path}: not a u2qt run's config.json (no 'task' key)")
-        cfg = ml_collections.ConfigDict(_tuples(tree))
-        cfg.lock()
-        return cfg
+        return _over_family(tree, path)
     module_spec = importlib.util.spec_from_file_location(f"u2qt_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:

@@ -114,3 +114,27 @@ def test_tigers_serving_function_gives_the_decoded_items(tmp_path):
     assert (np.diff(np.asarray(scores), axis=1) <= 1e-6).all()  # best first
     shapes = jax.eval_shape(serve.fn, params, constants, *serve.abstract_inputs(3))  # any batch size traces
     assert shapes[1].shape == (3, task.cfg.eval.beam)
+
+
+def test_a_tiger_run_exports_and_serves_the_decoded_items(tmp_path, compile_cache):
+    import jax.numpy as jnp
+    from u2qt import serving
+    from u2qt.export import export_run, trained_params
+    from u2qt.tasks.generative import GenerativeRetrievalTask
+    from u2qt.train.loop import run
+    data = _walks(str(tmp_path), users=30)
+    cfg = _config(data, **{"train.epochs": 0.0, "train.steps": 4, "data.cache_dir": str(tmp_path / "cache")})
+    run(cfg, str(tmp_path / "run"))
+    manifest = export_run(str(tmp_path / "run"), str(tmp_path / "bundle"), platforms=("cpu",), log=lambda m: None)
+    assert manifest["functions"]["top_k"]["outputs"][1]["shape"] == ["batch", cfg.eval.beam]
+    bundle = serving.load(str(tmp_path / "bundle"))
+    task = GenerativeRetrievalTask(cfg, str(tmp_path / "cache"), log=lambda m: None)
+    params, _ = trained_params(str(tmp_path / "run"))
+    constants = {k: jnp.asarray(v) for k, v in task.constants.items()}
+    history, users = task.test_cases.history[:7], task.test_cases.users[:7]
+    scores, items = bundle("top_k", history, task.constants["user_bucket"][users])
+    want_items, want_logp, _, _ = task.decode(params, constants, history, users)
+    np.testing.assert_array_equal(np.asarray(items), np.asarray(want_items))
+    np.testing.assert_allclose(np.asarray(scores), np.asarray(want_logp), rtol=1e-5, atol=1e-5)
+    ids = json.load(open(bundle.file("items.json")))  # item index → the data set's item id
+    assert ids[0] is None and ids[1:] == task.data.item_ids
