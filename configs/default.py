@@ -33,3 +33,19 @@ def get_config(arg=None):
         c.train.warmup_steps = 5
         c.quantizer.reset_every = 10
     return c
+
+
+# Sweeps (python sweep.py --config configs/default.py --sweep lr,seed --dir sweeps/default; u2qt/sweep.py).
+def sweep_lr():
+    for lr in (1e-3, 2e-3, 4e-3):
+        yield {"train.lr": lr}
+
+
+def sweep_seed():
+    for seed in (0, 1):
+        yield {"seed": seed}
+
+
+def sweep_beta():  # the weight of DAS's alignment term L_align
+    for beta in (0.0, 0.25, 0.5, 1.0):
+        yield {"loss.beta": beta}
