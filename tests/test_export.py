@@ -105,3 +105,14 @@ def test_a_damaged_or_foreign_bundle_is_refused_with_the_reason(bundle, tmp_path
     b = serving.load(str(root / "bundle"))
     with pytest.raises(serving.BundleError, match="must have shape"):
         b("tokens", *[np.zeros((2, 999), np.int32) for _ in b.manifest["functions"]["tokens"]["inputs"]])
+
+
+def test_exporting_a_run_without_a_checkpoint_says_so(tmp_path):
+    from u2qt import config as config_lib
+    os.makedirs(tmp_path / "run")
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "default.py:runlocal"))
+    (tmp_path / "run" / "config.json").write_text(config_lib.to_json(cfg))
+    done = subprocess.run([sys.executable, "-m", "u2qt.export", "--workdir", str(tmp_path / "run"), "--out",
+                           str(tmp_path / "b")], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 2 and "no checkpoint to export" in done.stderr and "Traceback" not in done.stderr
+    assert not os.path.exists(tmp_path / "b") and not [p for p in os.listdir(tmp_path) if p.startswith(".export-")]
