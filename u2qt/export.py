@@ -25,6 +25,7 @@ import numpy as np
 from u2qt import config as config_lib
 from u2qt import serving
 from u2qt.errors import WorkdirError
+from u2qt.files import sha256
 from u2qt.tasks.core import Servable, Tokenizes, make_task
 
 COPIED = ("semantic_ids.parquet", "dataset_spec.json", "config.json", "summary.json")
@@ -110,7 +111,7 @@ def export_run(workdir: str, out: str, platforms: tuple[str, ...] = ("cpu", "cud
         for root, _, names in os.walk(tmp):
             for n in names:
                 rel = os.path.relpath(os.path.join(root, n), tmp)
-                files[rel] = serving.sha256(os.path.join(root, n))
+                files[rel] = sha256(os.path.join(root, n))
         manifest = {
             "format_version": serving.FORMAT_VERSION, "u2qt_version": _version(), "jax_version": jax.__version__,
             "task": cfg.task, "workdir": os.path.abspath(workdir), "checkpoint_step": int(step),

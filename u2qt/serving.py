@@ -19,11 +19,12 @@ This module imports no flax and no model code (a test runs it with flax made uni
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
+
+from u2qt.files import sha256  # stdlib only, like everything this module imports besides jax and numpy
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -31,14 +32,6 @@ MANIFEST = "manifest.json"
 
 class BundleError(ValueError):
     """A bundle that cannot be run here; the message says which file or field and why."""
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def unflatten(flat: dict[str, np.ndarray]) -> dict:
