@@ -15,6 +15,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 from typing import Any, Iterable
 
 import ml_collections
@@ -183,6 +184,17 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Iterable[tuple[st
     for key, text in overrides:
         apply_override(cfg, key, text)
     return cfg
+
+
+TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
+
+
+def train_command(spec: str, workdir: str, overrides: dict) -> list[str]:
+    """The command line that runs ``train.py`` on ``spec`` in ``workdir`` with dotted
+    ``overrides`` (strings as they are, other values as Python literals): what ``parse_args``
+    reads back. Tools that start runs in a child process (sweeps, the attribute task) use it."""
+    return [sys.executable, TRAIN_PY, "--config", spec, "--workdir", workdir,
+            *[f"--config.{k}={v if isinstance(v, str) else repr(v)}" for k, v in overrides.items()]]
 
 
 def parse_args(argv: list[str], default_config: str) -> tuple[ml_collections.ConfigDict, str | None]:

@@ -35,15 +35,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 
 from u2qt import config as config_lib
 from u2qt import files
 from u2qt.errors import ConfigError
-
-TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
-
 
 def sweep_generators(spec: str) -> dict[str, callable]:
     """{name: generator} of the config file in ``spec`` ("" for ``sweep()``)."""
@@ -100,8 +96,7 @@ def check(spec: str, all_overrides: list[dict]) -> None:
 
 
 def command(spec: str, workdir: str, overrides: dict) -> list[str]:
-    return [sys.executable, TRAIN_PY, "--config", spec, "--workdir", workdir, "--config.train.progress=False",
-            *[f"--config.{k}={v if isinstance(v, str) else repr(v)}" for k, v in overrides.items()]]
+    return config_lib.train_command(spec, workdir, {"train.progress": False, **overrides})
 
 
 def run_trial(spec: str, workdir: str, overrides: dict, log=print) -> str:
@@ -117,14 +112,6 @@ def run_trial(spec: str, workdir: str, overrides: dict, log=print) -> str:
     status = "done" if code == 0 else f"failed (exit {code}; see {workdir}/train.log)"
     log(f"sweep: {os.path.basename(workdir)} {status}")
     return status
-
-
-def _get(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return None
-        tree = tree[part]
-    return tree
 
 
 def report(directory: str, spec: str, metric: str | None = None, lower_is_better: bool | None = None) -> list[dict]:
@@ -146,10 +133,10 @@ def report(directory: str, spec: str, metric: str | None = None, lower_is_better
             "started" if os.path.isdir(os.path.join(workdir, "checkpoints")) else "not finished"),
                **{f"set {k}": v for k, v in overrides.items()}}
         if summary:
-            value = _get(summary, metric)
-            row[metric] = value
+            numbers = config_lib.flat(summary)
+            row[metric] = numbers.get(metric)
             if select:
-                row["selected step"] = _get(summary, "selected.step")
+                row["selected step"] = numbers.get("selected.step")
             for k, v in (summary.get("test") or {}).items():
                 if isinstance(v, (int, float)) and not k.startswith("valid_"):
                     row[f"test {k}"] = v

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import zlib
 
 import flax.linen as nn
@@ -40,6 +39,7 @@ import numpy as np
 import optax
 import pandas as pd
 
+from u2qt import config as config_lib
 from u2qt import files
 from u2qt.errors import ConfigError, DataError
 from u2qt.data.load import load_data
@@ -314,9 +314,6 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "train.py")
-
-
 def train_without(workdir: str, attribute: str, out: str) -> None:
     """Trains (or resumes, or finds finished) the tokenizer of ``workdir``'s config without
     ``attribute`` into ``out``, through ``train.py`` in a child process."""
@@ -330,8 +327,7 @@ def train_without(workdir: str, attribute: str, out: str) -> None:
     if saved.get("task") != "user_tokenizer":
         raise ConfigError(f"{workdir}: the attribute task needs a user tokenizer run, not task {saved.get('task')!r}")
     excluded = list(saved.get("data", {}).get("exclude_user_columns", [])) + [attribute]
-    command = [sys.executable, TRAIN_PY, "--config", config, "--workdir", out,
-               f"--config.data.exclude_user_columns={','.join(excluded)}"]
+    command = config_lib.train_command(config, out, {"data.exclude_user_columns": ",".join(excluded)})
     print(f"attribute task: training the tokenizer again without {attribute!r} (the attribute task needs one "
           f"that never saw it):\n  {' '.join(command[1:])}", flush=True)
     done = subprocess.run(command)
