@@ -78,17 +78,21 @@ def export_run(workdir: str, out: str, platforms: tuple[str, ...] = ("cpu", "cud
         for name, fn in task.serving_functions().items():
             inputs = [jax.ShapeDtypeStruct(tuple(batch if d is None else d for d in shape), dtype)
                       for shape, dtype in fn.inputs.values()]
-            done, failed = None, {}
-            for platform in platforms:  # one platform at a time: one that cannot lower here is left out
-                try:
-                    jax.export.export(jax.jit(fn.fn), platforms=(platform,))(abstract(params), abstract(constants),
-                                                                             *inputs)
-                except Exception as e:  # noqa: BLE001 — e.g. a kernel with no lowering for that platform
-                    failed[platform] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            lower = lambda targets: jax.export.export(jax.jit(fn.fn), platforms=targets)(
+                abstract(params), abstract(constants), *inputs)
+            failed = {}
+            try:  # all platforms in one lowering, the usual case
+                done = lower(tuple(platforms))
+            except Exception:  # noqa: BLE001 — find the platforms that cannot lower here and leave them out
+                for platform in platforms:
+                    try:
+                        lower((platform,))
+                    except Exception as e:  # noqa: BLE001 — e.g. a kernel with no lowering for that platform
+                        failed[platform] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                if len(failed) == len(platforms):
+                    raise WorkdirError(f"{name}: could not be exported for any of {platforms}: {failed}") from None
+                done = lower(tuple(p for p in platforms if p not in failed))
             ok = tuple(p for p in platforms if p not in failed)
-            if not ok:
-                raise WorkdirError(f"{name}: could not be exported for any of {platforms}: {failed}")
-            done = jax.export.export(jax.jit(fn.fn), platforms=ok)(abstract(params), abstract(constants), *inputs)
             file = os.path.join("functions", f"{name}.jax")
             with open(os.path.join(tmp, file), "wb") as f:
                 f.write(done.serialize())
