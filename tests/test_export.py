@@ -55,6 +55,65 @@ def test_the_bundle_gives_the_in_process_tokens_for_held_out_rows(bundle):
     np.testing.assert_array_equal(shared, table[[c for c in table.columns if c.startswith("shared_")]].to_numpy()[:50])
 
 
+def _raw_rows(tables, examples, users):
+    """Users as a client sends them: the users table's rows, each with its input events (what
+    training fed the model: the user's events by time, without the held-out last ones)."""
+    items = {v: i + 1 for i, v in enumerate(tables.items["item_id"].astype(str))}
+    rows = []
+    for u in users:
+        row = tables.users.iloc[u].to_dict()
+        ev = tables.events[tables.events["user_id"].astype(str) == str(row["user_id"])]
+        ev = sorted(ev.to_dict("records"), key=lambda e: (e["timestamp"], items[str(e["item_id"])]))
+        row["events"] = ev[:len(ev) - int(examples["future_length"][u])]
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.heavy
+def test_raw_user_rows_get_the_training_encoding_and_the_run_s_tokens(bundle):
+    import pandas as pd
+    from u2qt import serving
+    from u2qt.data.load import load_data
+    root, cfg, manifest = bundle
+    b = serving.load(str(root / "bundle"))
+    data = load_data(config_lib.load_config_file(str(root / "run" / "config.json")).data)
+    users = list(range(0, len(data.tables.users), 7))
+    rows = _raw_rows(data.tables, data.examples, users)
+    arrays, report = b.encode_users(rows)
+    for k in ("cat", "num", "num_mask", "items", "event_feats", "length"):
+        np.testing.assert_array_equal(arrays[k], data.examples[k][users], err_msg=k)
+    assert report["users"] == len(users) and report["unknown_categories"] == {} and report["unknown_items"] == 0
+    codes, _ = b.tokenize_users(rows)
+    table = pd.read_parquet(root / "bundle" / "semantic_ids.parquet")
+    for view in codes:
+        cols = [c for c in table.columns if c.startswith(f"{view}_")]
+        np.testing.assert_array_equal(codes[view], table[cols].to_numpy()[users])
+    # The same users as two tables (a DataFrame and event rows) give the same codes.
+    flat = [dict(e, user_id=r["user_id"]) for r in rows for e in r["events"]]
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "events"} for r in rows])
+    again, _ = b.tokenize_users(frame, flat[::-1])
+    for view in codes:
+        np.testing.assert_array_equal(again[view], codes[view])
+    # Unknown values go to the unknown bucket and are counted; unknown items are dropped and counted.
+    field = data.spec.cat_fields[0]
+    odd = [dict(rows[0], **{field: "never-seen"}, events=rows[0]["events"] + [{"item_id": "no-such-item",
+                                                                               "timestamp": 1}]),
+           {k: v for k, v in rows[1].items() if k != data.spec.num_fields[0]}]
+    arrays, report = b.encode_users(odd)
+    assert arrays["cat"][0, 0] == 0 and report["unknown_categories"] == {field: 1}
+    assert report["unknown_items"] == 1 and report["missing_fields"] == {data.spec.num_fields[0]: 1}
+    assert arrays["num_mask"][1, 0] == 0
+    np.testing.assert_array_equal(arrays["items"][0], data.examples["items"][users[0]])
+    with pytest.raises(serving.BundleError, match=r"users row 0, events\[0\]: no 'timestamp'"):
+        b.encode_users([dict(rows[0], events=[{"item_id": rows[0]["events"][0]["item_id"]}])])
+    with pytest.raises(serving.BundleError, match=f"users row 1 .*column '{data.spec.num_fields[0]}': 'tall' is not a number"):
+        b.encode_users([rows[0], dict(rows[1], **{data.spec.num_fields[0]: "tall"})])
+    with pytest.raises(serving.BundleError, match="events row 0: user_id 'nobody' is not among the users given"):
+        b.encode_users(rows[:1], [{"user_id": "nobody", "item_id": "x", "timestamp": 1}])
+    with pytest.raises(serving.BundleError, match="no text_codes function"):
+        b.text_codes(["a user tokenizer has no text function"])
+
+
 @pytest.mark.heavy
 def test_the_loader_runs_where_flax_cannot_be_imported(bundle):
     root, _, manifest = bundle

@@ -2,7 +2,7 @@
 and no chain of imports comes back to where it started.
 
 Layers, bottom to top (README, "Layout"):
-    errors  →  defaults, files  →  progress, config, kernels, serving  →  text  →  data  →  nn  →  losses  →  quant
+    errors  →  defaults, files, prep  →  progress, config, kernels, serving  →  text  →  data  →  nn  →  losses  →  quant
     →  models  →  eval  →  tasks  →  train, export, sweep
 """
 import ast
@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO
 
-LAYERS = [("u2qt.errors",), ("u2qt.defaults", "u2qt.files"), ("u2qt.progress", "u2qt.config", "u2qt.kernels", "u2qt.serving"),
+LAYERS = [("u2qt.errors",), ("u2qt.defaults", "u2qt.files", "u2qt.prep"), ("u2qt.progress", "u2qt.config", "u2qt.kernels", "u2qt.serving"),
           ("u2qt.text",), ("u2qt.data",), ("u2qt.nn",), ("u2qt.losses",), ("u2qt.quant",), ("u2qt.models",),
           ("u2qt.eval",), ("u2qt.tasks",), ("u2qt.train", "u2qt.export", "u2qt.sweep")]
 

@@ -53,7 +53,7 @@ def trained_params(workdir: str):
 
 
 def _spec(x) -> dict:
-    return {"shape": ["batch" if not isinstance(d, int) else d for d in x.shape], "dtype": str(np.dtype(x.dtype))}
+    return {"shape": [d if isinstance(d, int) else str(d) for d in x.shape], "dtype": str(np.dtype(x.dtype))}
 
 
 def export_run(workdir: str, out: str, platforms: tuple[str, ...] = ("cpu", "cuda", "tpu"), log=print) -> dict:
@@ -66,17 +66,26 @@ def export_run(workdir: str, out: str, platforms: tuple[str, ...] = ("cpu", "cud
         raise WorkdirError(f"{workdir}: task {cfg.task!r} declares no serving functions")
     params, step = trained_params(workdir)
     params = jax.tree.map(np.asarray, params)
-    constants = {k: np.asarray(v) for k, v in task.constants.items()}
+    served = task.serving_functions()
+    constants = dict(task.constants)
+    for name, fn in served.items():  # arrays only serving needs (e.g. the text encoder), one tree for all
+        clash = set(fn.constants) & set(constants)
+        if clash:
+            raise ValueError(f"{name}: serving constants {sorted(clash)} clash with the task's")
+        constants.update(fn.constants)
+    constants = jax.tree.map(np.asarray, constants)
+    dims = sorted({d for fn in served.values() for shape, _ in fn.inputs.values() for d in shape if isinstance(d, str)})
+    symbols = dict(zip(["batch", *dims], jax.export.symbolic_shape(", ".join(["batch", *dims]))))
+    named = lambda shape: ["batch" if d is None else d for d in shape]
     parent = os.path.dirname(os.path.abspath(out)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         os.makedirs(os.path.join(tmp, "functions"))
         functions = {}
-        (batch,) = jax.export.symbolic_shape("batch")
         abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
-        for name, fn in task.serving_functions().items():
-            inputs = [jax.ShapeDtypeStruct(tuple(batch if d is None else d for d in shape), dtype)
+        for name, fn in served.items():
+            inputs = [jax.ShapeDtypeStruct(tuple(symbols.get(d, d) for d in named(shape)), dtype)
                       for shape, dtype in fn.inputs.values()]
             lower = lambda targets: jax.export.export(jax.jit(fn.fn), platforms=targets)(
                 abstract(params), abstract(constants), *inputs)
@@ -98,9 +107,11 @@ def export_run(workdir: str, out: str, platforms: tuple[str, ...] = ("cpu", "cud
                 f.write(done.serialize())
             outputs = jax.tree.map(_spec, done.out_avals)
             functions[name] = {"file": file, "doc": fn.doc, "platforms": list(ok), "not_exported": failed,
-                               "inputs": {k: {"shape": ["batch" if d is None else d for d in shape],
-                                              "dtype": str(np.dtype(dtype))} for k, (shape, dtype) in fn.inputs.items()},
-                               "outputs": outputs}
+                               "inputs": {k: {"shape": named(shape), "dtype": str(np.dtype(dtype))}
+                                          for k, (shape, dtype) in fn.inputs.items()},
+                               "outputs": outputs, **{k: v for k, v in fn.meta.items() if k != "files"}}
+            for dest, source in fn.meta.get("files", {}).items():  # e.g. the tokenizer a client needs
+                shutil.copy(source, os.path.join(tmp, dest))
             log(f"export: {name} for {', '.join(ok)}" + (f" (not {', '.join(failed)})" if failed else ""))
         np.savez(os.path.join(tmp, "params.npz"), **serving.flatten(params))
         np.savez(os.path.join(tmp, "constants.npz"), **serving.flatten(constants))

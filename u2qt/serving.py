@@ -3,6 +3,7 @@
     bundle = u2qt.serving.load("bundles/beauty_id")
     scores, items = bundle("top_k", history)           # or bundle.functions["top_k"](history)
     bundle.manifest["functions"]["top_k"]["inputs"]     # names, shapes ("batch" = any), dtypes
+    codes, report = bundle.tokenize_users(users, events) # user tokenizer: raw rows → codes of every view
 
 A bundle (written by ``python -m u2qt.export``) is a directory:
     manifest.json       format version, u2qt / jax versions, task, config, each function's input and
@@ -25,6 +26,8 @@ import os
 import numpy as np
 
 from u2qt.files import sha256  # stdlib only, like everything this module imports besides jax and numpy
+from u2qt.prep import users as user_rows  # numpy only: the code training encodes users with
+from u2qt.prep.wordpiece import WordPiece  # stdlib only: the tokenizer training's text encoder uses
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -63,6 +66,8 @@ class Bundle:
     def __init__(self, path: str, manifest: dict, params, constants, exported: dict):
         self.path, self.manifest, self.params, self.constants = path, manifest, params, constants
         self._exported = exported
+        self._spec = None
+        self._wordpiece = None
         self.functions = {name: (lambda *inputs, _n=name: self(_n, *inputs)) for name in exported}
 
     def __call__(self, name: str, *inputs):
@@ -74,11 +79,58 @@ class Bundle:
         arrays = []
         for (input_name, s), value in zip(spec.items(), inputs):
             value = np.asarray(value, dtype=s["dtype"])
-            fixed = [d for d in s["shape"] if d != "batch"]
-            if value.ndim != len(s["shape"]) or list(value.shape[1:]) != fixed:
+            if value.ndim != len(s["shape"]) or any(isinstance(d, int) and d != n for d, n in zip(s["shape"], value.shape)):
                 raise BundleError(f"{name}: input {input_name!r} must have shape {s['shape']}, got {list(value.shape)}")
             arrays.append(value)
         return self._exported[name].call(self.params, self.constants, *arrays)
+
+    def encode_users(self, users, events=None) -> tuple[dict[str, np.ndarray], dict]:
+        """Raw users, as the training tables hold them, → the inputs of ``tokens`` encoded with the
+        training vocabularies and normalization (``dataset_spec.json``), and a report: users,
+        events used, unknown categories per field (they go to the unknown bucket), missing fields,
+        unknown items (dropped), users without events, columns the model does not read.
+
+        ``users``: a list of dicts, a dict of columns or a DataFrame with the users table's columns
+        (``user_id`` and the attributes), each row optionally holding an ``events`` list; ``events``:
+        the events table's rows (``user_id``, ``item_id``, ``timestamp`` in unix seconds, optional
+        ``value``). A row that cannot be read raises ``BundleError`` naming the row and column."""
+        if self._spec is None:
+            if not os.path.isfile(self.file("dataset_spec.json")):
+                raise BundleError(f"{self.path}: no dataset_spec.json, so it cannot encode raw user rows "
+                                  f"(task {self.manifest.get('task')!r}); pass encoded inputs instead")
+            with open(self.file("dataset_spec.json"), encoding="utf-8") as f:
+                self._spec = json.load(f)
+        try:
+            return user_rows.encode_rows(self._spec, users, events)
+        except user_rows.RowError as e:
+            raise BundleError(str(e)) from None
+
+    def tokenize_users(self, users, events=None) -> tuple[dict[str, np.ndarray], dict]:
+        """``encode_users`` then ``tokens``: codes of every view per user, and the encoding report."""
+        arrays, report = self.encode_users(users, events)
+        codes = self("tokens", *[arrays[k] for k in self.manifest["functions"]["tokens"]["inputs"]])
+        return {view: np.asarray(c) for view, c in codes.items()}, report
+
+    def tokenize_text(self, texts) -> np.ndarray:
+        """Texts → word-piece ids [N, T] for ``text_codes``, as training tokenized item text
+        ([CLS] … [SEP], cut at the model's length, 0-padded to a power of two ≥ 16)."""
+        spec = self.manifest["functions"].get("text_codes", {}).get("tokenizer")
+        if spec is None:
+            raise BundleError(f"{self.path}: no text_codes function (task {self.manifest.get('task')!r})")
+        if self._wordpiece is None:
+            self._wordpiece = WordPiece.from_tokenizer_json(self.file(spec["file"]))
+        texts = [str(t).lower() if spec["lowercase"] else str(t) for t in texts]
+        ids = self._wordpiece(texts, spec["max_length"])
+        width = min(max(16, 1 << (max(map(len, ids), default=1) - 1).bit_length()), spec["max_length"])
+        out = np.zeros((len(ids), width), np.int32)
+        for i, row in enumerate(ids):
+            out[i, :len(row)] = row
+        return out
+
+    def text_codes(self, texts) -> dict[str, np.ndarray]:
+        """Item texts → their codes (the bundle's MiniLM in JAX, then the run's quantizer)."""
+        codes = self("text_codes", self.tokenize_text(texts))
+        return {view: np.asarray(c) for view, c in codes.items()}
 
     def file(self, name: str) -> str:
         """The path of one of the bundle's extra files (e.g. ``items.json``)."""

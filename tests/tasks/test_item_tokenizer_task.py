@@ -60,3 +60,19 @@ def test_short_run_on_office_writes_the_semantic_id_table(tmp_path, compile_cach
     assert summary["bytes_per_row_float32"] == 4 * cfg.model.latent_dim
     assert summary["bytes_per_row_input_float32"] == 4 * 384
     assert summary["compression_x_input"] == pytest.approx(4 * 384 / summary["bytes_per_row_tokens"])
+    # Exported: item text → codes through the bundle's own MiniLM in JAX equals the run's item
+    # embedding → codes (the tokenizer is the one training used; the embedding is computed one
+    # text per row instead of packed, which moves it by float rounding only).
+    from u2qt import serving
+    from u2qt.export import export_run
+    export_run(str(tmp_path / "run"), str(tmp_path / "bundle"), platforms=("cpu",), log=lambda m: None)
+    bundle = serving.load(str(tmp_path / "bundle"))
+    some = list(range(0, 2420, 13))
+    from u2qt.data.lcrec import read_lcrec
+    item_texts = read_lcrec(data, max_description_chars=cfg.data.max_description_chars).item_texts
+    got = bundle.text_codes([item_texts[i] for i in some])["item"]
+    want = np.asarray(bundle("item_codes", bundle.constants["item_text"][1:][some])["item"])
+    assert got.shape == want.shape == (len(some), 3)
+    assert (got == want).all(axis=1).mean() >= 0.99, (got != want).any(axis=1).sum()
+    assert bundle.manifest["functions"]["text_codes"]["inputs"]["input_ids"]["shape"] == ["batch", "tokens"]
+

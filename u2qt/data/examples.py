@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from u2qt.data.tables import DataError, Tables
-
-EVENT_FEATURES = ("log1p_hours_since_prev", "log1p_days_before_last", "hour_sin", "hour_cos", "value")
+from u2qt.prep.users import EVENT_FEATURES, as_text, encode_categories, event_features, standardize
 
 
 @dataclasses.dataclass
@@ -71,17 +70,10 @@ def _split_columns(users: pd.DataFrame, user_columns, exclude, categorical) -> t
 
 
 def _as_text(values: pd.Series) -> np.ndarray:
-    """Categorical values as an object array of str (None = missing); integral floats print as ints."""
-    out = np.full(len(values), None, dtype=object)
-    present = values.notna().to_numpy()
+    """Categorical values as an object array of str (None = missing), as ``prep.users.as_text``."""
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        x = values.to_numpy(np.float64)
-        whole = present & (np.floor(x) == x)
-        out[whole] = x[whole].astype(np.int64).astype(str)
-        out[present & ~whole] = x[present & ~whole].astype(str)
-    else:
-        out[present] = values[present].astype(str).to_numpy(dtype=object)
-    return out
+        return as_text(values.to_numpy(np.float64, na_value=np.nan))
+    return as_text(values.astype(object).where(values.notna(), None).to_numpy(dtype=object))
 
 
 # A numeric value further than this many robust standard deviations (1.4826 · MAD) from the median
@@ -123,11 +115,6 @@ def _vocab(values: np.ndarray) -> list[str]:
     return [k for k, _ in order]
 
 
-def _encode(values: np.ndarray, vocab: list[str]) -> np.ndarray:
-    ids = pd.Index(vocab, dtype=object).get_indexer(values)
-    return (ids + 1).astype(np.int32)  # -1 (missing/unseen) -> 0
-
-
 def _event_order(u: np.ndarray, ts: np.ndarray, it: np.ndarray) -> np.ndarray:
     """Permutation sorting events by (user, timestamp, item index); about 2x faster than lexsort."""
     if len(ts) and u.max() < 2**31 and ts.max() - ts.min() < 2**32:
@@ -162,15 +149,15 @@ def build_examples(
     cat_vocab = [_vocab(t) for t in cat_text]
     cat = np.zeros((num_users, len(cat_fields)), np.int32)
     for j, (t, v) in enumerate(zip(cat_text, cat_vocab)):
-        cat[:, j] = _encode(t, v)
+        cat[:, j], _ = encode_categories(t, v)
     num_raw = users[num_fields].to_numpy(dtype=np.float64).reshape(num_users, len(num_fields))
     present = np.isfinite(num_raw)
     bounds = np.array([robust_bounds(num_raw[:, j]) for j in range(len(num_fields))]).reshape(-1, 2)
     clipped = np.clip(num_raw, bounds[:, 0], bounds[:, 1])
     stats = np.array([_mean_std(clipped[present[:, j], j]) for j in range(len(num_fields))]).reshape(-1, 2)
     num_mean, num_std = stats[:, 0], stats[:, 1]
-    num = np.where(present, (clipped - num_mean) / num_std, 0.0).astype(np.float32)
-    num_clipped = {f: int(n) for f, n in zip(num_fields, (present & (clipped != num_raw)).sum(axis=0)) if n}
+    num, present, was_clipped = standardize(num_raw, bounds[:, 0], bounds[:, 1], num_mean, num_std)
+    num_clipped = {f: int(n) for f, n in zip(num_fields, was_clipped.sum(axis=0)) if n}
 
     # Events: map ids to rows, sort by (user, timestamp, item index).
     u = pd.Index(users["user_id"]).get_indexer(events["user_id"])
@@ -195,19 +182,14 @@ def build_examples(
 
     # Per-event features (over the full time-sorted sequence of each user).
     prev_ts = np.where(pos > 0, np.roll(ts, 1), ts)
-    hours_since_prev = np.log1p(np.maximum(ts - prev_ts, 0) / 3600.0)
     last_input = np.zeros(num_users, np.int64)  # time of each user's last input event
     has_input = n_input > 0
     last_input[has_input] = ts[(start + n_input - 1)[has_input]]
-    days_before_last = np.log1p(np.maximum(last_input[u] - ts, 0) / 86400.0)
-    angle = 2 * np.pi * (ts % 86400) / 86400.0
-    has_val = np.isfinite(val)
-    val_in = val[is_input & has_val]
+    val_in = val[is_input & np.isfinite(val)]
     value_mean = float(val_in.mean()) if len(val_in) else 0.0
     value_std = float(val_in.std()) if len(val_in) else 1.0
     value_std = value_std if value_std > 0 else 1.0
-    value_z = np.where(has_val, (val - value_mean) / value_std, 0.0)
-    feats = np.stack([hours_since_prev, days_before_last, np.sin(angle), np.cos(angle), value_z], axis=1)
+    feats = event_features(ts, prev_ts, last_input[u], val, value_mean, value_std)
 
     items_arr = np.zeros((num_users, max_events), np.int32)
     feats_arr = np.zeros((num_users, max_events, len(EVENT_FEATURES)), np.float32)

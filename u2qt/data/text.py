@@ -15,16 +15,34 @@ import numpy as np
 NORMS = ("standardize", "l2", "none")
 
 
-def item_text_table(texts: Sequence[str], cache_dir: str | None, *, norm: str = "none", log=None) -> np.ndarray:
+def text_norm(emb: np.ndarray, norm: str) -> dict[str, np.ndarray]:
+    """The per-dimension shift and scale of ``norm`` over the item embeddings [I, H] (zeros and
+    ones except for "standardize"); ``apply_text_norm`` applies them (and "l2")."""
+    if norm not in NORMS:
+        raise ValueError(f"config data.text_norm={norm!r}: expected one of {NORMS}")
+    if norm == "standardize":
+        return {"shift": emb.mean(0).astype(np.float32), "scale": np.maximum(emb.std(0), 1e-6).astype(np.float32)}
+    return {"shift": np.zeros(emb.shape[1], np.float32), "scale": np.ones(emb.shape[1], np.float32)}
+
+
+def apply_text_norm(x, norm: str, stats: dict, xp=np):
+    """Sentence embeddings [N, H] → what the models read (numpy, or ``xp=jax.numpy`` in serving)."""
+    if norm == "l2":
+        return x / xp.maximum(xp.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return (x - stats["shift"]) / stats["scale"]
+
+
+def item_text_table(texts: Sequence[str], cache_dir: str | None, *, norm: str = "none", log=None,
+                    with_norm: bool = False):
     """[I + 1, 384] float32: a zero padding row, then the embedding of each text, normalized by
     ``norm`` (config ``data.text_norm``): "standardize" (zero mean, unit variance per dimension
-    over the items), "l2" (unit length per item, as RQ-VAE-Recommender feeds its RQ-VAE) or "none"."""
+    over the items), "l2" (unit length per item, as RQ-VAE-Recommender feeds its RQ-VAE) or "none".
+    ``with_norm``: also return the normalization's statistics (``text_norm``), for serving."""
     if norm not in NORMS:
         raise ValueError(f"config data.text_norm={norm!r}: expected one of {NORMS}")
     from u2qt.text.minilm import embed_texts
     emb = embed_texts(list(texts), cache_dir=cache_dir, log=log).astype(np.float32)
-    if norm == "standardize":
-        emb = (emb - emb.mean(0)) / np.maximum(emb.std(0), 1e-6)
-    elif norm == "l2":
-        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb], 0)
+    stats = text_norm(emb, norm)
+    emb = apply_text_norm(emb, norm, stats).astype(np.float32)
+    table = np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb], 0)
+    return (table, stats) if with_norm else table

@@ -85,10 +85,14 @@ class Evaluates(Protocol):
 @dataclasses.dataclass(frozen=True)
 class ServingFunction:
     """``fn(params, constants, *inputs)``, pure; ``inputs`` names each input's shape (None = the
-    batch dimension) and dtype."""
+    batch dimension, a str another dimension of any size) and dtype. ``constants``: arrays only
+    serving needs (e.g. the text encoder's weights), added to the bundle's constants; ``meta``:
+    what a client needs to prepare the inputs (written to the manifest)."""
     fn: Callable
-    inputs: dict[str, tuple[tuple[int | None, ...], Any]]
+    inputs: dict[str, tuple[tuple[int | str | None, ...], Any]]
     doc: str = ""
+    constants: dict = dataclasses.field(default_factory=dict)
+    meta: dict = dataclasses.field(default_factory=dict)
 
     def abstract_inputs(self, batch: int) -> list[jax.ShapeDtypeStruct]:
         return [jax.ShapeDtypeStruct(tuple(batch if d is None else d for d in shape), dtype)

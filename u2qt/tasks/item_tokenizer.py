@@ -25,6 +25,8 @@ and the assignment is deterministic.
 """
 from __future__ import annotations
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,13 +36,14 @@ from u2qt import losses
 from u2qt.data.lcrec import read_lcrec
 from u2qt.data.sequences import leave_one_out, position_examples
 from u2qt.data.tables import settle_warnings
-from u2qt.data.text import item_text_table
+from u2qt.data.text import apply_text_norm, item_text_table
 from u2qt.models.rqvae import CODEBOOKS, RQVAE
 from u2qt.models.sasrec import SASRec
 from u2qt.quant import residual as rq
 from u2qt.quant.codebooks import quantize_on
 from u2qt.quant.semantic_ids import collision_free_last_level
 from u2qt.tasks.core import Encoded, ServingFunction
+from u2qt.text.minilm import SentenceEncoder, row_embeddings
 
 
 class ItemTextCodes:
@@ -92,7 +95,9 @@ class ItemTokenizerTask(ItemTextCodes):
             self.model_keys = ("target",) + (("history",) if self.u2i else ()) + (("cooc",) if self.cooc else ())
         else:
             self.examples, self.model_keys = self.rows, ("target",)
-        self.constants = {"item_text": item_text_table(data.item_texts, cache_dir, norm=cfg.data.text_norm, log=log)}
+        table, self.text_norm = item_text_table(data.item_texts, cache_dir, norm=cfg.data.text_norm, log=log,
+                                                with_norm=True)
+        self.constants = {"item_text": table}
         self.stacks = {"item": (q.item_levels, q.item_codes)}
         self.rqvae = RQVAE(tuple(m.mlp_hidden), m.latent_dim, self.constants["item_text"].shape[1],
                            q.item_levels, q.item_codes)
@@ -174,5 +179,22 @@ class ItemTokenizerTask(ItemTextCodes):
             _, q = self.rqvae.quantize(params, text_embedding, self.cfg.quantizer)
             return {"item": q.codes}
 
+        encoder = SentenceEncoder.load()
+        bert = encoder.config
+        norm = self.cfg.data.text_norm
+
+        def text_codes(params, constants, input_ids):
+            emb = row_embeddings(constants["minilm"], input_ids, num_heads=bert.num_heads, eps=bert.layer_norm_eps)
+            x = apply_text_norm(emb, norm, constants["text_norm"], xp=jnp)
+            _, q = self.rqvae.quantize(params, x, self.cfg.quantizer)
+            return {"item": q.codes}
+
+        tokenizer = {"file": "tokenizer.json", "max_length": bert.max_seq_length, "lowercase": bert.do_lower_case}
         return {"item_codes": ServingFunction(item_codes, {"text_embedding": ((None, dim), np.float32)},
-                                              "an item's text embedding (normalized as data.text_norm) → its nearest codes")}
+                                              "an item's text embedding (normalized as data.text_norm) → its nearest codes"),
+                "text_codes": ServingFunction(
+                    text_codes, {"input_ids": ((None, "tokens"), np.int32)},
+                    "an item's text as word-piece ids ([CLS] … [SEP], 0-padded; Bundle.text_codes tokenizes) → all-MiniLM-L6-v2 "
+                    "in JAX → data.text_norm → its nearest codes",
+                    constants={"minilm": encoder.params, "text_norm": self.text_norm},
+                    meta={"tokenizer": tokenizer, "files": {"tokenizer.json": os.path.join(encoder.model_dir, "tokenizer.json")}})}
