@@ -96,3 +96,15 @@ def get_config(arg=None):
         c.quantizer.reset_every = 2
         defaults.short_schedule(c)
     return c
+
+
+# Sweeps (python sweep.py --config configs/amazon.py:office,unified --sweep lr --dir sweeps/office_unified_lr;
+# u2qt/sweep.py): around the configs' learning rate, and seeds for the spread of one setting.
+def sweep_lr():
+    for lr in (3e-4, 1e-3, 3e-3):
+        yield {"train.lr": lr}
+
+
+def sweep_seed():
+    for seed in (0, 1, 2):
+        yield {"seed": seed}

@@ -23,6 +23,11 @@ overrides, status, selected and test metrics, sorted by the ranking metric) and 
 The ranking metric is the config's ``train.select_metric`` (its selected value, higher is better)
 or, for a tokenizer, the collision rate (lower is better); ``--metric`` / ``--lower-is-better``
 choose another summary number.
+
+``--backend ray`` runs the same trials on a Ray cluster through Ray Tune (``run_on_ray``): one Tune
+trial per sweep trial, each calling ``run_trial`` on some node, so workdirs, skipping and resuming
+are those of a local sweep, and the driver writes the same report at the end. Ray is an optional
+extra (``pip install ".[ray]"``), imported only on that path.
 """
 from __future__ import annotations
 
@@ -32,8 +37,10 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import logging
 import os
 import re
+import socket
 import subprocess
 import time
 
@@ -180,14 +187,162 @@ def report(directory: str, spec: str, metric: str | None = None, lower_is_better
     return rows
 
 
-def run_sweep(spec: str, names: list[str], directory: str, parallel: int = 1, log=print) -> list[dict]:
+def run_sweep(spec: str, names: list[str], directory: str, parallel: int | None = None, log=print,
+              backend: str = "local", address: str | None = None, cpus_per_trial: float | None = None,
+              gpus_per_trial: float | None = None) -> list[dict]:
+    """Runs every trial not yet done (``backend`` "local": here, ``parallel`` at a time, default 1;
+    "ray": on a Ray cluster, see ``run_on_ray``) and returns the report's rows, best first."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend != "ray" and (address, cpus_per_trial, gpus_per_trial) != (None, None, None):
+        raise ConfigError("--address, --ray-cpus-per-trial and --ray-gpus-per-trial need --backend ray")
+    if (cpus_per_trial is not None and cpus_per_trial <= 0) or (gpus_per_trial is not None and gpus_per_trial < 0):
+        raise ConfigError(f"--ray-cpus-per-trial {cpus_per_trial} / --ray-gpus-per-trial {gpus_per_trial}: CPUs must "
+                          f"be > 0 and GPUs >= 0")
+    if parallel is not None and parallel < 1:
+        raise ConfigError(f"--parallel {parallel}: must be at least 1")
     all_overrides = trials(spec, names)
     check(spec, all_overrides)
-    log(f"sweep: {len(all_overrides)} trials of {spec} in {directory}, {parallel} at a time")
-    jobs = [(os.path.join(directory, "trials", trial_name(o)), o) for o in all_overrides]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        statuses = list(pool.map(lambda job: run_trial(spec, job[0], job[1], log), jobs))
-    failed = [os.path.basename(w) for (w, _), s in zip(jobs, statuses) if s != "done"]
+    jobs = {trial_name(o): o for o in all_overrides}
+    if backend == "ray":
+        statuses = run_on_ray(spec, directory, jobs, address, cpus_per_trial, gpus_per_trial, parallel, log)
+    else:
+        parallel = parallel or 1
+        log(f"sweep: {len(jobs)} trials of {spec} in {directory}, {parallel} at a time")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            statuses = dict(zip(jobs, pool.map(
+                lambda name: run_trial(spec, os.path.join(directory, "trials", name), jobs[name], log), jobs)))
+    failed = [name for name, status in statuses.items() if status != "done"]
     if failed:
         log(f"sweep: {len(failed)} trials failed: {', '.join(failed)} (rerun the same command to retry them)")
     return report(directory, spec)
+
+
+BACKENDS = ("local", "ray")
+RAY_EXTRA = 'pip install ".[ray]" (or pip install "ray[tune]>=2.41")'
+
+
+def _import_ray():
+    """``ray`` and ``ray.tune``, imported only here: the local backend never needs them."""
+    try:
+        import ray
+        from ray import tune
+    except ImportError as e:
+        raise ConfigError(f"--backend ray needs Ray Tune, which is not installed ({e}); {RAY_EXTRA}") from None
+    if not hasattr(tune, "report") or not hasattr(tune, "RunConfig"):
+        raise ConfigError(f"--backend ray needs Ray >= 2.41 (ray.tune.report, ray.tune.RunConfig); this is "
+                          f"Ray {ray.__version__}: {RAY_EXTRA}")
+    return ray, tune
+
+
+def _probe(address: str) -> None:
+    """Fails fast on a HOST:PORT (or ray://HOST:PORT) where nothing listens: ``ray.init`` would
+    retry for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(f"--address {address}: nothing answers at {host}:{port} ({e}); start the cluster's head "
+                          f"with `ray start --head` (it prints the address to use)") from None
+
+
+def connect_ray(address: str | None, log=print):
+    """Connects to the Ray cluster at ``address`` ("auto": the one running on this machine;
+    HOST:PORT or ray://HOST:PORT; None: an instance already initialized in this process, else a
+    local instance for this sweep). Returns (ray, tune, whether this call connected)."""
+    ray, tune = _import_ray()
+    if ray.is_initialized():
+        return ray, tune, False
+    if address:
+        _probe(address)
+    kwargs = {} if address else {"include_dashboard": False}
+    try:
+        ray.init(address=address or "local", logging_level=logging.WARNING, **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        hint = ("; start one with `ray start --head`, or leave out --address to start a local Ray instance for this "
+                "sweep") if address == "auto" else (
+            "; a cluster with token authentication (Ray's default since 2.59) needs RAY_AUTH_MODE=token here and its "
+            "token in ~/.ray/auth_token or $RAY_AUTH_TOKEN") if address else ""
+        raise ConfigError(f"--address {address or 'local'}: cannot connect to Ray ({e}){hint}") from None
+    log(f"sweep: Ray {ray.__version__} at {ray.get_runtime_context().gcs_address}, "
+        f"{', '.join(f'{k} {v:g}' for k, v in sorted(ray.cluster_resources().items()) if k in ('CPU', 'GPU', 'TPU'))}")
+    return ray, tune, True
+
+
+def trial_resources(nodes: list[dict], cpus: float | None, gpus: float | None) -> dict:
+    """Resources of one trial: by default a node's devices (the fewest GPUs of a node that has
+    any, with 1 CPU; on a cluster without GPUs, the fewest CPUs of a node). Refuses what no node has."""
+    alive = [n["Resources"] for n in nodes if n.get("Alive")]
+    with_gpus = [r["GPU"] for r in alive if r.get("GPU", 0) > 0]
+    if gpus is None:
+        gpus = min(with_gpus) if with_gpus else 0
+    if cpus is None:
+        cpus = 1 if gpus else min((r["CPU"] for r in alive if r.get("CPU", 0) > 0), default=1)
+    if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in alive):
+        shown = "; ".join(f"{r.get('CPU', 0):g} CPUs, {r.get('GPU', 0):g} GPUs" for r in alive) or "none alive"
+        raise ConfigError(f"no node of the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs for a trial "
+                          f"(nodes: {shown}); lower --ray-cpus-per-trial / --ray-gpus-per-trial")
+    return {"cpu": cpus, "gpu": gpus}
+
+
+def run_on_ray(spec: str, directory: str, jobs: dict[str, dict], address: str | None, cpus: float | None,
+               gpus: float | None, parallel: int | None, log=print) -> dict[str, str]:
+    """Runs the trials ``jobs`` ({name: overrides}) as Ray Tune trials, one ``run_trial`` each on
+    a node of the cluster, and returns {name: status}. Every node must see the repo, the Python
+    environment, the directory this runs in and ``directory`` at the same paths (shared storage)."""
+    ray, tune, connected = connect_ray(address, log)
+    try:
+        resources = trial_resources(ray.nodes(), cpus, gpus)
+        directory = os.path.abspath(directory)
+        os.makedirs(os.path.join(directory, "trials"), exist_ok=True)
+        log(f"sweep: {len(jobs)} trials of {spec} in {directory} on Ray, {resources['cpu']:g} CPU(s) and "
+            f"{resources['gpu']:g} GPU(s) per trial" + (f", at most {parallel} at a time" if parallel else ""))
+
+        def u2qt_trial(config, spec, cwd, directory, jobs, repo):
+            # Pickled by value (it is local): a worker imports u2qt only after putting the repo on its path.
+            import json
+            import os
+            import socket
+            import sys
+            if repo not in sys.path:
+                sys.path.insert(0, repo)
+            from ray import tune
+            from u2qt import config as config_lib
+            from u2qt import sweep
+            where = f"on node {socket.gethostname()}"
+            if not os.path.isdir(cwd):
+                raise RuntimeError(f"{cwd} (where sweep.py runs) does not exist {where}: run it from a directory "
+                                   f"every node mounts at the same path")
+            os.chdir(cwd)  # the same relative paths (config, data) as a local trial
+            if not os.path.isdir(directory):
+                raise RuntimeError(f"the sweep directory {directory} is not visible {where}: put it on storage every "
+                                   f"node mounts at the same path")
+            name = config["trial"]
+            workdir = os.path.join(directory, "trials", name)
+            status = sweep.run_trial(spec, workdir, jobs[name], log=lambda line: print(line, flush=True))
+            if status != "done":
+                raise RuntimeError(f"{status} {where}")
+            summary = json.load(open(os.path.join(workdir, "summary.json")))
+            tune.report({k: v for k, v in config_lib.flat(summary).items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+        trainable = tune.with_resources(
+            tune.with_parameters(u2qt_trial, spec=spec, cwd=os.getcwd(), directory=directory, jobs=jobs,
+                                 repo=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), resources)
+        tuner = tune.Tuner(
+            trainable, param_space={"trial": tune.grid_search(list(jobs))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=parallel or None),
+            run_config=tune.RunConfig(name=time.strftime("tune-%Y-%m-%d_%H-%M-%S"),
+                                      storage_path=os.path.join(directory, "ray_tune"), verbose=1))
+        statuses = {name: "not run" for name in jobs}
+        for result in tuner.fit():
+            name = result.config["trial"]
+            statuses[name] = "done" if result.error is None else "failed"
+            if result.error is not None:  # its last line: the exception the trial raised
+                log(f"sweep: {name} failed on Ray: {str(result.error).strip().splitlines()[-1]}")
+        return statuses
+    finally:
+        if connected:  # disconnects; stops Ray only where this sweep started it
+            ray.shutdown()
