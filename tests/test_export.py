@@ -48,6 +48,8 @@ def test_the_bundle_gives_the_in_process_tokens_for_held_out_rows(bundle):
                                                      *inputs)
         for view in want:
             np.testing.assert_array_equal(np.asarray(got[view]), np.asarray(want[view]))
+    # The bundle's own check: the stored example rows give the outputs export computed in process.
+    assert loaded.self_check() == {"tokens": {"rows": 64, "int_agreement": 1.0, "max_abs_diff": 0.0, "equal": True}}
     # The exported tokens are the run's own table for those users.
     import pandas as pd
     table = pd.read_parquet(root / "bundle" / "semantic_ids.parquet")
@@ -118,10 +120,11 @@ def test_raw_user_rows_get_the_training_encoding_and_the_run_s_tokens(bundle):
 def test_the_loader_runs_where_flax_cannot_be_imported(bundle):
     root, _, manifest = bundle
     spec = manifest["functions"]["tokens"]["inputs"]
+    # The loader the bundle carries, alone on the path (not the repository), with flax made unimportable.
     script = f"""
 import sys
 sys.modules["flax"] = None  # importing flax now fails
-sys.path.insert(0, {REPO!r})
+sys.path.insert(0, {str(root / 'bundle' / 'loader')!r})
 import numpy as np
 from u2qt import serving
 b = serving.load({str(root / 'bundle')!r})
@@ -129,10 +132,12 @@ inputs = [np.zeros([2] + [d for d in s["shape"] if d != "batch"], s["dtype"]) fo
 out = b("tokens", *inputs)
 assert "flax" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
 print(sorted(out), {{k: np.asarray(v).shape for k, v in out.items()}})
+assert serving.__file__.startswith({str(root / 'bundle' / 'loader')!r}), serving.__file__
+assert serving.main([{str(root / 'bundle')!r}]) == 0
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "shared" in done.stdout
+    assert "shared" in done.stdout and "self-check tokens: 64 example rows, integer outputs equal 100.00%" in done.stdout
 
 
 @pytest.mark.heavy

@@ -29,6 +29,8 @@ from u2qt.files import sha256
 from u2qt.tasks.core import Servable, Tokenizes, make_task
 
 COPIED = ("semantic_ids.parquet", "dataset_spec.json", "config.json", "summary.json")
+# The loader travels with the bundle (jax + numpy only): PYTHONPATH=BUNDLE/loader python -m u2qt.serving BUNDLE
+LOADER = ("__init__.py", "files.py", "serving.py", "prep/__init__.py", "prep/users.py", "prep/wordpiece.py")
 
 
 def _version() -> str:
@@ -113,8 +115,20 @@ def export_run(workdir: str, out: str, platforms: tuple[str, ...] = ("cpu", "cud
             for dest, source in fn.meta.get("files", {}).items():  # e.g. the tokenizer a client needs
                 shutil.copy(source, os.path.join(tmp, dest))
             log(f"export: {name} for {', '.join(ok)}" + (f" (not {', '.join(failed)})" if failed else ""))
+        checks = {}
+        for name, fn in served.items():  # the example inputs and their in-process outputs (Bundle.self_check)
+            if fn.example:
+                result = jax.device_get(jax.jit(fn.fn)(params, constants, *fn.example))
+                checks[name] = {"inputs": {str(i): np.asarray(x) for i, x in enumerate(fn.example)},
+                                "outputs": serving.flatten(jax.tree.map(np.asarray, serving.as_tree(result)))}
+        if checks:
+            np.savez(os.path.join(tmp, serving.SELF_CHECK), **serving.flatten(checks))
         np.savez(os.path.join(tmp, "params.npz"), **serving.flatten(params))
         np.savez(os.path.join(tmp, "constants.npz"), **serving.flatten(constants))
+        package = os.path.dirname(os.path.abspath(__file__))
+        for name in LOADER:
+            os.makedirs(os.path.dirname(os.path.join(tmp, "loader", "u2qt", name)), exist_ok=True)
+            shutil.copy(os.path.join(package, name), os.path.join(tmp, "loader", "u2qt", name))
         for name in COPIED:
             if os.path.exists(os.path.join(workdir, name)):
                 shutil.copy(os.path.join(workdir, name), os.path.join(tmp, name))

@@ -1,4 +1,7 @@
-"""Load and run an exported u2qt bundle with nothing but ``jax`` and ``numpy``.
+"""Load and run an exported u2qt bundle with nothing but ``jax`` and ``numpy`` (plus ``flatbuffers``,
+which ``jax.export`` needs to read serialized functions).
+
+    python -m u2qt.serving BUNDLE                         # its functions, and its self-check on this machine
 
     bundle = u2qt.serving.load("bundles/beauty_id")
     scores, items = bundle("top_k", history)           # or bundle.functions["top_k"](history)
@@ -31,6 +34,7 @@ from u2qt.prep.wordpiece import WordPiece  # stdlib only: the tokenizer training
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SELF_CHECK = "self_check.npz"  # example inputs of each function and the outputs export computed in process
 
 
 class BundleError(ValueError):
@@ -47,6 +51,15 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = value
     return tree
+
+
+def as_tree(out):
+    """A function's output as a dict tree (a tuple's items keyed "0", "1", ...)."""
+    if isinstance(out, (tuple, list)):
+        return {str(i): as_tree(x) for i, x in enumerate(out)}
+    if isinstance(out, dict):
+        return {k: as_tree(v) for k, v in out.items()}
+    return out
 
 
 def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
@@ -132,6 +145,34 @@ class Bundle:
         codes = self("text_codes", self.tokenize_text(texts))
         return {view: np.asarray(c) for view, c in codes.items()}
 
+    def self_check(self, rtol: float = 1e-4, atol: float = 1e-5) -> dict[str, dict]:
+        """Runs each function on the example inputs export stored (e.g. held-out test histories)
+        and compares with the outputs the training code computed in process: integer outputs
+        (tokens, item indices) must be equal, float outputs (scores) close. Returns per function
+        {"rows", "equal": bool, "int_agreement": share of equal integers, "max_abs_diff": floats};
+        ``ok`` is whether all are equal."""
+        if not os.path.exists(self.file(SELF_CHECK)):
+            return {}
+        with np.load(self.file(SELF_CHECK)) as f:
+            stored = unflatten({k: f[k] for k in f.files})
+        report = {}
+        for name, check in stored.items():
+            inputs = [check["inputs"][str(i)] for i in range(len(check["inputs"]))]
+            got = flatten(as_tree(self(name, *inputs)), "")
+            want = flatten(check["outputs"], "")
+            same = total = 0
+            close, diff = True, 0.0
+            for key, w in want.items():
+                g = np.asarray(got[key])
+                if np.issubdtype(w.dtype, np.integer):
+                    same, total = same + int((g == w).sum()), total + w.size
+                else:
+                    diff = max(diff, float(np.max(np.abs(g.astype(np.float64) - w), initial=0.0)))
+                    close = close and bool(np.allclose(g, w, rtol=rtol, atol=atol))
+            report[name] = {"rows": int(len(inputs[0])), "int_agreement": same / total if total else 1.0,
+                            "max_abs_diff": diff, "equal": same == total and close}
+        return report
+
     def file(self, name: str) -> str:
         """The path of one of the bundle's extra files (e.g. ``items.json``)."""
         return os.path.join(self.path, name)
@@ -168,9 +209,45 @@ def load(path: str, platform: str | None = None) -> Bundle:
             raise BundleError(f"{path}: function {name!r} was exported for {spec['platforms']}, not for {platform!r} "
                               f"(export again with --platforms including it)")
         with open(os.path.join(path, spec["file"]), "rb") as f:
-            exported[name] = export.deserialize(bytearray(f.read()))
+            try:
+                exported[name] = export.deserialize(bytearray(f.read()))
+            except ImportError as e:  # jax.export reads serialized functions with flatbuffers, an optional jax dependency
+                raise BundleError(f"{path}: cannot read {spec['file']}: {e} (pip install flatbuffers)") from None
     with np.load(os.path.join(path, "params.npz")) as f:
         params = unflatten({k: f[k] for k in f.files})
     with np.load(os.path.join(path, "constants.npz")) as f:
         constants = unflatten({k: f[k] for k in f.files})
     return Bundle(path, manifest, params, constants, exported)
+
+
+def main(argv=None) -> int:
+    """``python -m u2qt.serving BUNDLE``: load the bundle here, list its functions and run its
+    self-check; exit status 1 when an output differs from what export computed."""
+    import argparse
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("bundle")
+    p.add_argument("--platform", default=None, help="cpu, cuda or tpu (default: jax's default backend)")
+    args = p.parse_args(argv)
+    import sys
+
+    import jax
+    try:
+        bundle = load(args.bundle, args.platform)
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = bundle.manifest
+    print(f"{args.bundle}: task {m['task']}, {m['parameters']:,} parameters, exported by u2qt {m['u2qt_version']} "
+          f"with jax {m['jax_version']}; loaded with jax {jax.__version__} on {jax.default_backend()}")
+    for name, spec in m["functions"].items():
+        shapes = ", ".join(f"{k} {s['shape']} {s['dtype']}" for k, s in spec["inputs"].items())
+        print(f"  {name}({shapes}): {spec['doc']}")
+    report = bundle.self_check()
+    for name, r in report.items():
+        print(f"  self-check {name}: {r['rows']} example rows, integer outputs equal {r['int_agreement']:.2%}, "
+              f"largest float difference {r['max_abs_diff']:.2e} → {'same' if r['equal'] else 'DIFFERENT'}")
+    return 0 if all(r["equal"] for r in report.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -138,3 +138,5 @@ def test_a_tiger_run_exports_and_serves_the_decoded_items(tmp_path, compile_cach
     np.testing.assert_allclose(np.asarray(scores), np.asarray(want_logp), rtol=1e-5, atol=1e-5)
     ids = json.load(open(bundle.file("items.json")))  # item index → the data set's item id
     assert ids[0] is None and ids[1:] == task.data.item_ids
+    check = bundle.self_check()["top_k"]
+    assert check["equal"] and check["rows"] == min(64, len(task.test_cases.history))

@@ -82,17 +82,23 @@ class Evaluates(Protocol):
         """Test metrics of the selected parameters, at the end of the run."""
 
 
+EXAMPLE_ROWS = 64  # rows of a serving function's stored example
+
+
 @dataclasses.dataclass(frozen=True)
 class ServingFunction:
     """``fn(params, constants, *inputs)``, pure; ``inputs`` names each input's shape (None = the
     batch dimension, a str another dimension of any size) and dtype. ``constants``: arrays only
     serving needs (e.g. the text encoder's weights), added to the bundle's constants; ``meta``:
-    what a client needs to prepare the inputs (written to the manifest)."""
+    what a client needs to prepare the inputs (written to the manifest); ``example``: real inputs
+    (e.g. held-out test histories) that export runs in process and stores with the outputs, so a
+    copied bundle can check itself on its new machine (``Bundle.self_check``)."""
     fn: Callable
     inputs: dict[str, tuple[tuple[int | str | None, ...], Any]]
     doc: str = ""
     constants: dict = dataclasses.field(default_factory=dict)
     meta: dict = dataclasses.field(default_factory=dict)
+    example: tuple = ()
 
     def abstract_inputs(self, batch: int) -> list[jax.ShapeDtypeStruct]:
         return [jax.ShapeDtypeStruct(tuple(batch if d is None else d for d in shape), dtype)

@@ -27,7 +27,7 @@ from u2qt.eval import ranking
 from u2qt.models.decoding import NEG, PrefixIndex, beam_search
 from u2qt.models.tiger import BOS, Tiger, tiger_loss, user_buckets
 from u2qt.quant.semantic_ids import SemanticIds, dedup_tokens
-from u2qt.tasks.core import ServingFunction
+from u2qt.tasks.core import EXAMPLE_ROWS, ServingFunction
 from u2qt.tasks.recommender import LeaveOneOut
 
 
@@ -160,4 +160,6 @@ class GenerativeRetrievalTask(LeaveOneOut):
         return {"top_k": ServingFunction(
             top_k, {"history": ((None, self.cfg.data.max_history), np.int32), "user_bucket": ((None,), np.int32)},
             f"a left-padded history of item indices and the user's hashed bucket → the {beams} decoded items "
-            f"(log-probabilities, item indices), best first")}
+            f"(log-probabilities, item indices), best first",
+            example=(self.test_cases.history[:EXAMPLE_ROWS],
+                     np.asarray(self.constants["user_bucket"])[self.test_cases.users[:EXAMPLE_ROWS]]))}

@@ -42,7 +42,7 @@ from u2qt.models.sasrec import SASRec
 from u2qt.quant import residual as rq
 from u2qt.quant.codebooks import quantize_on
 from u2qt.quant.semantic_ids import collision_free_last_level
-from u2qt.tasks.core import Encoded, ServingFunction
+from u2qt.tasks.core import EXAMPLE_ROWS, Encoded, ServingFunction
 from u2qt.text.minilm import SentenceEncoder, row_embeddings
 
 
@@ -190,11 +190,17 @@ class ItemTokenizerTask(ItemTextCodes):
             return {"item": q.codes}
 
         tokenizer = {"file": "tokenizer.json", "max_length": bert.max_seq_length, "lowercase": bert.do_lower_case}
+        ids = encoder.tokenize(self.data.item_texts[:EXAMPLE_ROWS])
+        example_ids = np.zeros((len(ids), max(map(len, ids))), np.int32)
+        for i, row in enumerate(ids):
+            example_ids[i, :len(row)] = row
         return {"item_codes": ServingFunction(item_codes, {"text_embedding": ((None, dim), np.float32)},
-                                              "an item's text embedding (normalized as data.text_norm) → its nearest codes"),
+                                              "an item's text embedding (normalized as data.text_norm) → its nearest codes",
+                                              example=(np.asarray(self.constants["item_text"][1:EXAMPLE_ROWS + 1]),)),
                 "text_codes": ServingFunction(
                     text_codes, {"input_ids": ((None, "tokens"), np.int32)},
                     "an item's text as word-piece ids ([CLS] … [SEP], 0-padded; Bundle.text_codes tokenizes) → all-MiniLM-L6-v2 "
                     "in JAX → data.text_norm → its nearest codes",
                     constants={"minilm": encoder.params, "text_norm": self.text_norm},
-                    meta={"tokenizer": tokenizer, "files": {"tokenizer.json": os.path.join(encoder.model_dir, "tokenizer.json")}})}
+                    meta={"tokenizer": tokenizer, "files": {"tokenizer.json": os.path.join(encoder.model_dir, "tokenizer.json")}},
+                    example=(example_ids,))}

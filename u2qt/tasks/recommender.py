@@ -38,7 +38,7 @@ from u2qt.models.rqvae import RQVAE
 from u2qt.models.sasrec import GIVEN, SASRec, dropped_targets, sasrec_loss, sasrec_scores, target_capacity
 from u2qt.quant.codebooks import quantize_on
 from u2qt.quant.semantic_ids import SemanticIds
-from u2qt.tasks.core import ServingFunction
+from u2qt.tasks.core import EXAMPLE_ROWS, ServingFunction
 from u2qt.tasks.item_tokenizer import ItemTextCodes
 
 ITEM_REPRS = ("id", "semantic", "unified")
@@ -180,7 +180,8 @@ class RecommenderTask(LeaveOneOut):
             return jax.lax.top_k(scores, k)
 
         return {"top_k": ServingFunction(top_k, {"history": ((None, self.cfg.data.max_history), np.int32)},
-                                         f"a left-padded history of item indices → the top {k} (scores, item indices)")}
+                                         f"a left-padded history of item indices → the top {k} (scores, item indices)",
+                                         example=(self.test_cases.history[:EXAMPLE_ROWS],))}
 
 
 class LearnedCodesRecommenderTask(ItemTextCodes, RecommenderTask):

@@ -11,6 +11,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from u2qt import files, losses
 from u2qt.data.load import load_data
@@ -19,7 +20,7 @@ from u2qt.data.text import item_text_table
 from u2qt.models.user_tokenizer import U2QT, ModelSpec, active_terms
 from u2qt.nn.layers import masked_mean
 from u2qt.quant.codebooks import quantize_on
-from u2qt.tasks.core import Encoded, ServingFunction
+from u2qt.tasks.core import EXAMPLE_ROWS, Encoded, ServingFunction
 
 
 class UserTokenizerTask:
@@ -80,7 +81,8 @@ class UserTokenizerTask:
             encoded = self.encode(params, dict(zip(shapes, inputs)), constants)
             return {view: encoded.codes[view] for view in self.stacks}
 
-        return {"tokens": ServingFunction(tokens, shapes, "a user's features → codes of every view")}
+        return {"tokens": ServingFunction(tokens, shapes, "a user's features → codes of every view",
+                                          example=tuple(np.asarray(self.rows[k][:EXAMPLE_ROWS]) for k in shapes))}
 
 
 # ---------------------------------------------------------------------- views of a batch
