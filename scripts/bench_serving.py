@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", required=True)
     p.add_argument("--batches", default="1,64,1024")
     p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--budget", type=float, default=30.0, help="seconds of timed calls per row at most (≥ 3 calls)")
     p.add_argument("--tokens", type=int, default=64, help="length of a non-batch symbolic dimension (text tokens)")
     args = p.parse_args(argv)
 
@@ -37,19 +38,20 @@ def main(argv=None) -> int:
     print(f"bundle {args.bundle} (task {bundle.manifest['task']}, {bundle.manifest['parameters']:,} parameters); "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {jax.default_backend()}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
-    print("| function | batch | first call s | p50 ms | p99 ms | rows/s |")
-    print("|---|---|---|---|---|---|")
+    print("| function | batch | first call s | p50 ms | p99 ms | rows/s | calls |")
+    print("|---|---|---|---|---|---|---|")
     def timed(label, batch, call):
         t0 = time.perf_counter()
         jax.block_until_ready(call())
         first = time.perf_counter() - t0
         times = []
-        for _ in range(args.calls):
+        while len(times) < args.calls and (len(times) < 3 or sum(times) < args.budget):
             t0 = time.perf_counter()
             jax.block_until_ready(call())
             times.append(time.perf_counter() - t0)
         p50, p99 = np.percentile(times, [50, 99]) * 1e3
-        print(f"| {label} | {batch:,} | {first:.2f} | {p50:,.1f} | {p99:,.1f} | {batch / (p50 / 1e3):,.0f} |")
+        print(f"| {label} | {batch:,} | {first:.2f} | {p50:,.1f} | {p99:,.1f} | {batch / (p50 / 1e3):,.0f} | {len(times)} |",
+              flush=True)
 
     functions = bundle.manifest["functions"]
     for name, spec in functions.items():

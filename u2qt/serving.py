@@ -213,10 +213,16 @@ def load(path: str, platform: str | None = None) -> Bundle:
                 exported[name] = export.deserialize(bytearray(f.read()))
             except ImportError as e:  # jax.export reads serialized functions with flatbuffers, an optional jax dependency
                 raise BundleError(f"{path}: cannot read {spec['file']}: {e} (pip install flatbuffers)") from None
+    # On the device once (a call would otherwise copy every array from the host, e.g. a text encoder's weights).
+    devices = [d for d in jax.devices() if d.platform.lower() in (platform, {"cuda": "gpu"}.get(platform))]
+    if not devices:
+        raise BundleError(f"{path}: asked for platform {platform!r}, but this machine's jax has "
+                          f"{sorted({d.platform for d in jax.devices()})} devices")
+    device = devices[0]
     with np.load(os.path.join(path, "params.npz")) as f:
-        params = unflatten({k: f[k] for k in f.files})
+        params = jax.device_put(unflatten({k: f[k] for k in f.files}), device)
     with np.load(os.path.join(path, "constants.npz")) as f:
-        constants = unflatten({k: f[k] for k in f.files})
+        constants = jax.device_put(unflatten({k: f[k] for k in f.files}), device)
     return Bundle(path, manifest, params, constants, exported)
 
 
