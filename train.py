@@ -1,8 +1,13 @@
 """Train a u2qt model (tokenizer or recommender): python train.py [--config configs/NAME.py[:VARIANT]] [--workdir DIR] [--config.KEY=VALUE ...]
+    [--coordinator_address HOST:PORT --num_processes N --process_id I | --distributed]
 
 With no arguments it trains the default config (synthetic users with planted types) into runs/default.
 Rerunning the same command resumes from the newest checkpoint in the workdir.
 A bad config, bad data or an unusable workdir ends with one line `error: ...` and exit status 2.
+
+Several processes (a TPU pod slice, GPU nodes, or processes on one machine) run the same command,
+each with its coordinator settings (flags, U2QT_* variables, or --distributed to detect them from
+the cluster; u2qt/train/distributed.py); the workdir must be storage all of them share.
 """
 import os
 import sys
@@ -13,8 +18,12 @@ def main(argv: list[str]) -> int:
 
     def train() -> None:
         from u2qt import config as config_lib
+        from u2qt.train import distributed
+        launch, args = distributed.launch_settings(argv)
         default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
-        cfg, workdir = config_lib.parse_args(argv, default_config=default)
+        cfg, workdir = config_lib.parse_args(args, default_config=default)
+        if launch is not None:  # before anything touches a device
+            distributed.initialize(launch)
         import absl.logging
         from u2qt.train.loop import run
         from u2qt.train.workdir import enable_compilation_cache

@@ -4,9 +4,10 @@ A source is anything with `__len__` and `__getitem__(i) -> {key: np.ndarray}`: t
 of `tfds_builder.build_data_source`, or `ArraySource` over the in-memory arrays of `build_examples`.
 
 Training (`make_train_iterator`): the whole data set is shuffled with the seed, differently in each
-epoch, and repeated forever; global step s takes the next `global_batch_size` examples of that
-stream, and process p gets every `process_count`-th of them (offset p). Processes therefore see
-disjoint examples, and together they see exactly the single-process global batch. The iterator's
+epoch, and repeated forever; global step s takes the next `global_batch_size` (B) examples of that
+stream, and process p of P reads only its block of them, examples [p·B/P, (p+1)·B/P) of the batch
+(the rows its devices hold, `u2qt/train/sharding.py`). Processes therefore read disjoint examples,
+and their blocks side by side are exactly the single-process global batch, in order. The iterator's
 state (`get_state`/`set_state`, or orbax with `grain.checkpoint.CheckpointSave/CheckpointRestore`)
 is one position in that stream, so a restored run continues with the very next batch.
 
@@ -58,7 +59,8 @@ def make_train_iterator(
     num_threads: int = 4,
     prefetch: int = 8,
 ) -> grain.DatasetIterator:
-    """Infinite iterator of this process's batches: {key: array[global_batch_size // process_count, ...]}."""
+    """Infinite iterator of this process's blocks of the global batches: {key: array[global_batch_size //
+    process_count, ...]}."""
     if global_batch_size % process_count:
         raise ValueError(f"global_batch_size {global_batch_size} is not divisible by process_count {process_count}")
     if not 0 <= process_index < process_count:
@@ -70,7 +72,9 @@ def make_train_iterator(
         .shuffle(seed=seed)  # a different permutation in every epoch (seed + epoch)
         .repeat()
     )
-    ds = ds[process_index::process_count].batch(global_batch_size // process_count, drop_remainder=True)
+    # Batches of B/P consecutive examples; process p takes every P-th from the p-th: its block of
+    # each global batch. Both steps are lazy: only this process's examples are ever read.
+    ds = ds.batch(global_batch_size // process_count, drop_remainder=True)[process_index::process_count]
     return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch)))
 
 

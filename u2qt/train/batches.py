@@ -63,7 +63,7 @@ class DeviceBatches:
         self.per_epoch = self.rows * self.tiles // batch_size
         self.key = jax.random.fold_in(jax.random.key(seed), DATA_STREAM)
         self.placement = placement
-        self.arrays = placement.replicate({k: jnp.asarray(v) for k, v in host.items()})
+        self.arrays = placement.replicate(host)  # from the host: every process holds the same rows
 
     def initial_state(self) -> dict:
         """No epoch drawn yet: the first step draws epoch 0's permutation."""

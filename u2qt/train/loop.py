@@ -8,8 +8,10 @@ table; for one that ``Evaluates``, validation metrics select the parameters and 
 ends the run. The step itself is ``u2qt/train/step.py``.
 
 Sharded from the first line (``u2qt/train/sharding.py``); the same code runs on 1 CPU device, 8
-fake ones, or a GPU/TPU slice. Rerunning the same command resumes from the newest complete
-checkpoint.
+fake ones, or a GPU/TPU slice, in one process or several (``u2qt/train/distributed.py``: every
+process runs this function; process 0 alone writes the workdir's files, all of them write the
+checkpoints together; each builds only its own rows of every batch). Rerunning the same command
+resumes from the newest complete checkpoint.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from u2qt.data.pipeline import make_train_iterator
 from u2qt.data.tfds_builder import build_data_source, examples_fingerprint
 from u2qt.tasks.core import Evaluates, Tokenizes, make_task
 from u2qt.train import batches as batches_lib
-from u2qt.train import checkpoint, report
+from u2qt.train import checkpoint, distributed, report
 from u2qt.train.codebooks import CodebookHook
 from u2qt.train.sharding import Placement
 from u2qt.train.step import init_state, make_optimizer, make_train_step, resolve_epochs
@@ -42,7 +44,7 @@ IN_FLIGHT = 2  # train steps queued ahead of the host
 
 
 def log(msg: str) -> None:
-    if jax.process_index() == 0:
+    if distributed.is_main():
         print(msg, flush=True)
 
 
@@ -68,19 +70,23 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        scope.callback(release_workdir, lock_workdir(workdir))
+    # Each step that writes the workdir or a cache runs on process 0 first; the others wait for it
+    # and stop with its error if it fails.
+    distributed.main_first(lambda: scope.callback(release_workdir, lock_workdir(workdir)), others=False)
     cache_dir = cfg.data.cache_dir or os.path.join(workdir, "cache")
     t_start = time.time()
-    task = make_task(cfg, cache_dir, log)
-    resuming = has_checkpoint(workdir)
+    resuming = has_checkpoint(workdir)  # before any process can write one
+    task = distributed.main_first(lambda: make_task(cfg, cache_dir, log), others=True)  # fills the text caches once
     examples_hash = examples_fingerprint(task.examples)  # the workdir's record, and the streamed files' key
-    if jax.process_index() == 0:  # the data are read and valid: now the workdir is this run's
+
+    def claim_workdir():  # the data are read and valid: now the workdir is this run's
         inputs = data_fingerprint(cfg.data.get("path", ""), examples_hash, extra=(cfg.model.get("codes_path", ""),))
         check_data(workdir, inputs, resuming, cfg.train.finetune_changed_data, log)
         save_config(cfg, workdir)
         if hasattr(task, "write_spec"):
             task.write_spec(workdir)
+
+    distributed.main_first(claim_workdir, others=False)
     tokenizer = isinstance(task, Tokenizes)
     evaluates = isinstance(task, Evaluates)
     model_examples = {k: v for k, v in task.examples.items() if k in task.model_keys}
@@ -98,15 +104,20 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     if cfg.train.batch_size % len(devices):
         raise config_lib.ConfigError(
             f"config train.batch_size={cfg.train.batch_size} must be a multiple of the {len(devices)} devices")
-    constants = {k: jax.device_put(jnp.asarray(v), placement.replicated) for k, v in task.constants.items()}
+    constants = {k: jax.device_put(np.asarray(v), placement.replicated) for k, v in task.constants.items()}
     if on_device:  # batches are drawn on the devices: one check of every row now, none per step
         batches_lib.check_finite(model_examples, task.row_ids if tokenizer and task.rows is task.examples else None)
         batches = batches_lib.DeviceBatches(model_examples, task.model_keys, cfg.train.batch_size, cfg.seed, placement)
         log(f"data: {rows:,} training rows ({mib:.2f} MiB) on the device(s); batches are drawn there")
     else:
-        train_source = build_data_source(task.examples, os.path.join(cache_dir, "tfds"), examples_hash)
+        train_source = distributed.main_first(
+            lambda: build_data_source(task.examples, os.path.join(cache_dir, "tfds"), examples_hash), others=True)
         log(f"data: {rows:,} training rows ({mib:.1f} MiB > data.device_mb={cfg.data.device_mb}) stream "
             f"through grain from array_record files")
+        if jax.process_count() > 1:
+            b = cfg.train.batch_size // jax.process_count()
+            log(f"data: each of {jax.process_count()} processes reads only its block of {b} rows of every "
+                f"batch of {cfg.train.batch_size} (process p: rows [p·{b}, (p+1)·{b}))")
 
     # ------------------------------------------------------------------ model, optimizer, state
     tx = make_optimizer(cfg, task)
@@ -121,9 +132,12 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     state_shardings = jax.tree.map(lambda _: placement.replicated, abstract)
     state = jax.jit(init, out_shardings=state_shardings)(root_key)
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-    log(f"model: {num_params:,} parameters on {len(devices)} {devices[0].platform} device(s)")
+    log(f"model: {num_params:,} parameters on {len(devices)} {devices[0].platform} device(s)"
+        + (f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""))
 
     # ------------------------------------------------------------------ data iterator, restore
+    if not on_device:
+        placement.process_rows()  # raises unless this process's devices hold the block p its iterator reads
     train_iter = None if on_device else make_train_iterator(
         train_source, global_batch_size=cfg.train.batch_size, seed=cfg.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
@@ -183,7 +197,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     start = int(state["step"])
     # A bar on a terminal (train.progress); elsewhere one log line per logging step.
     progress = Progress(steps, "train", "steps", log=log, initial=start, every_s=float("inf"),
-                        bar=bool(cfg.train.progress) and on_terminal() and jax.process_index() == 0)
+                        bar=bool(cfg.train.progress) and on_terminal() and distributed.is_main())
     t_last, step_last = time.time(), start
     halted = False
     in_flight = collections.deque()
@@ -249,7 +263,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     if cfg.train.epochs:
         summary["epochs"] = cfg.train.epochs
     summary["wall_seconds"] = time.time() - t_start
-    if jax.process_index() == 0:
+    if distributed.is_main():
         files.write_json(os.path.join(workdir, "summary.json"), summary)
         writer.write(steps, "final", {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         report.plot_run(os.path.join(workdir, "training.png"), os.path.join(workdir, "metrics.jsonl"),
