@@ -30,7 +30,7 @@ from u2qt.tasks.core import Servable, Tokenizes, make_task
 
 COPIED = ("semantic_ids.parquet", "dataset_spec.json", "config.json", "summary.json")
 # The loader travels with the bundle (jax + numpy only): PYTHONPATH=BUNDLE/loader python -m u2qt.serving BUNDLE
-LOADER = ("__init__.py", "files.py", "serving.py", "prep/__init__.py", "prep/users.py", "prep/wordpiece.py")
+LOADER = ("__init__.py", "files.py", "serving.py", "prep/__init__.py", "prep/ids.py", "prep/users.py", "prep/wordpiece.py")
 
 
 def _version() -> str:

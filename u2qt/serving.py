@@ -29,6 +29,7 @@ import os
 import numpy as np
 
 from u2qt.files import sha256  # stdlib only, like everything this module imports besides jax and numpy
+from u2qt.prep import ids as id_prep  # numpy only: item ids → indices, TIGER's user hash
 from u2qt.prep import users as user_rows  # numpy only: the code training encodes users with
 from u2qt.prep.wordpiece import WordPiece  # stdlib only: the tokenizer training's text encoder uses
 
@@ -81,6 +82,7 @@ class Bundle:
         self._exported = exported
         self._spec = None
         self._wordpiece = None
+        self._items = None
         self.functions = {name: (lambda *inputs, _n=name: self(_n, *inputs)) for name in exported}
 
     def __call__(self, name: str, *inputs):
@@ -123,6 +125,33 @@ class Bundle:
         arrays, report = self.encode_users(users, events)
         codes = self("tokens", *[arrays[k] for k in self.manifest["functions"]["tokens"]["inputs"]])
         return {view: np.asarray(c) for view, c in codes.items()}, report
+
+    def recommend(self, histories, users=None) -> tuple[list[list], np.ndarray, dict]:
+        """A recommender or generative retriever from item ids: each user's history as the data
+        set's item ids, oldest first (and, for TIGER, the user ids, hashed as in training) →
+        (the top items' ids per user, best first — None for a beam that found no item —, their
+        scores, a report counting history ids the model does not know, dropped)."""
+        spec = self.manifest["functions"].get("top_k")
+        if spec is None or not os.path.exists(self.file("items.json")):
+            raise BundleError(f"{self.path}: no top_k function with an item table (task {self.manifest.get('task')!r})")
+        if self._items is None:
+            with open(self.file("items.json"), encoding="utf-8") as f:
+                ids = json.load(f)
+            self._items = (ids, {str(i): n for n, i in enumerate(ids) if i is not None})
+        ids, index = self._items
+        try:
+            history, unknown = id_prep.histories(histories, index, spec["inputs"]["history"]["shape"][1])
+        except ValueError as e:
+            raise BundleError(str(e)) from None
+        inputs = [history]
+        if "user_bucket" in spec["inputs"]:
+            if users is None or len(users) != len(history):
+                raise BundleError(f"{self.path}: this model reads the user too: pass users= (one id per history)")
+            inputs.append(id_prep.user_buckets(users, self.manifest["config"]["model"]["user_buckets"]))
+        scores, items = (np.asarray(x) for x in self("top_k", *inputs))
+        top = [[ids[i] if 0 < i < len(ids) else None for i in row] for row in items.tolist()]
+        return top, scores, {"users": len(history), "unknown_items": unknown,
+                             "empty_histories": int((history == 0).all(axis=1).sum())}
 
     def tokenize_text(self, texts) -> np.ndarray:
         """Texts → word-piece ids [N, T] for ``text_codes``, as training tokenized item text

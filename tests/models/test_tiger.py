@@ -5,7 +5,8 @@ import numpy as np
 import optax
 
 from u2qt.models.decoding import PrefixIndex, beam_search
-from u2qt.models.tiger import BOS, Tiger, tiger_loss, user_buckets
+from u2qt.models.tiger import BOS, Tiger, tiger_loss
+from u2qt.prep.ids import user_buckets
 
 SIZES = (4, 4, 3)
 

@@ -138,5 +138,13 @@ def test_a_tiger_run_exports_and_serves_the_decoded_items(tmp_path, compile_cach
     np.testing.assert_allclose(np.asarray(scores), np.asarray(want_logp), rtol=1e-5, atol=1e-5)
     ids = json.load(open(bundle.file("items.json")))  # item index → the data set's item id
     assert ids[0] is None and ids[1:] == task.data.item_ids
+    # From the data set's ids: histories of item ids and the user ids (hashed as in training).
+    top, id_scores, report = bundle.recommend([[ids[i] for i in row if i] for row in history],
+                                              users=[task.data.user_ids[u] for u in users])
+    assert top == [[ids[i] if i else None for i in row] for row in np.asarray(items).tolist()]
+    np.testing.assert_array_equal(id_scores, np.asarray(scores))
+    assert report["unknown_items"] == 0
+    with pytest.raises(serving.BundleError, match="reads the user too"):
+        bundle.recommend([[ids[1]]])
     check = bundle.self_check()["top_k"]
     assert check["equal"] and check["rows"] == min(64, len(task.test_cases.history))

@@ -20,8 +20,7 @@ once per user and shared by all beams (``cross_kv``, ``decode_step``).
 """
 from __future__ import annotations
 
-import zlib
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -30,11 +29,6 @@ import numpy as np
 
 PAD, BOS, FIRST_USER = 0, 1, 2
 NEG = -1e9
-
-
-def user_buckets(user_ids: Sequence[str], buckets: int) -> np.ndarray:
-    """TIGER's user token: a stable hash (CRC-32) of each user id into ``buckets`` buckets."""
-    return np.asarray([zlib.crc32(str(u).encode()) % buckets for u in user_ids], np.int32)
 
 
 class Attention(nn.Module):

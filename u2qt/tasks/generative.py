@@ -25,7 +25,8 @@ from u2qt.data.sequences import position_examples
 from u2qt.data.tables import DataError
 from u2qt.eval import ranking
 from u2qt.models.decoding import NEG, PrefixIndex, beam_search
-from u2qt.models.tiger import BOS, Tiger, tiger_loss, user_buckets
+from u2qt.models.tiger import BOS, Tiger, tiger_loss
+from u2qt.prep.ids import user_buckets
 from u2qt.quant.semantic_ids import SemanticIds, dedup_tokens
 from u2qt.tasks.core import EXAMPLE_ROWS, ServingFunction
 from u2qt.tasks.recommender import LeaveOneOut
