@@ -7,6 +7,7 @@ A config file (``configs/*.py``) starts from one family and changes what differs
     item_tokenizer()  the DAS item tokenizer / plain RQ-VAE on item text (task "item_tokenizer")
     recommender()     SASRec with ID / semantic / unified items (task "recommender")
     generative_retrieval()  TIGER: decode the next item's semantic ID (task "generative_retrieval")
+    efficientrec()    EfficientRec: users without ID rows, soft clusters that prune candidates (task "efficientrec")
 
 A family holds only the keys its task reads, so an override of a key the run does not read is
 refused as unknown. ``CONSTRAINTS`` and ``cross_key_problems`` (at the end) say what each value
@@ -237,6 +238,50 @@ def generative_retrieval() -> ml_collections.ConfigDict:
     return c
 
 
+def efficientrec() -> ml_collections.ConfigDict:
+    """EfficientRec (Quan et al. 2024): a user is a function of their interactions over a LightGCN
+    item encoder, with contrastive views and soft clusters that prune the ranked items."""
+    c = common("efficientrec")
+    d = c.data
+    d.reader = "lcrec"  # lcrec (NAME.inter.json + NAME.item.json) | movielens (the GroupLens files)
+    d.path = ""
+    d.max_description_chars = 2000  # the LC-Rec reader's (item text is not used)
+    d.max_history = 20  # interactions a user is encoded from (the protocol's history length)
+    d.train_window = 64  # latest training interactions per training row; each step draws its targets among them
+    d.unseen_fraction = 0.1  # evaluated users held out of training entirely (reported separately)
+    d.unseen_seed = 0
+
+    m = c.model = ml_collections.ConfigDict()
+    m.dim = 64
+    m.graph_layers = 2  # LightGCN layers K (0: the item embeddings unpropagated)
+    m.head_hidden = (128,)  # the user head u = x + MLP(x): its hidden widths
+    m.clusters = 32
+    m.membership = "sigmoid"  # sigmoid | softmax
+    m.user_table = False  # the baseline: a learned row per user (propagated) instead of the ID-free encoder
+
+    lo = c.loss = ml_collections.ConfigDict()
+    lo.temperature = 0.2  # of both InfoNCE terms
+    lo.view_weight = 0.1  # InfoNCE between two augmented views of a user's interactions
+    lo.view_dropout = 0.2  # each view drops each interaction with this probability ...
+    lo.view_crop = 0.8  # ... and keeps a random contiguous crop of this share of them
+    lo.u2i_weight = 0.1  # InfoNCE between a user and their next item
+    lo.targets_per_row = 8  # next-item targets drawn per training row and step (each with its own history)
+    lo.cluster_weight = 0.1  # the cluster term (user and next item in the same cluster)
+    lo.balance_weight = 1.0  # its guard against one cluster taking every user
+
+    c.train.batch_size = 256
+    c.train.lr = 1e-3
+    c.train.weight_decay = 0.0
+    c.train.select_metric = "valid_NDCG@10"
+
+    e = c.eval = ml_collections.ConfigDict()
+    e.batch_size = 512
+    e.popularity_buckets = 3
+    e.top_clusters = 3  # pruned ranking: a user scores the shortlists of this many clusters
+    e.shortlist_sizes = (50, 100, 200, 400)  # items per cluster shortlist, one pruned row each
+    return c
+
+
 # ----------------------------------------------------------------------------- constraints
 # What a value must satisfy, by key (checked with ``u2qt.config.validate`` before any data is read
 # or anything compiles; a key the config does not hold is skipped). (test, what it must be).
@@ -255,11 +300,13 @@ def _some_of(*values):
 
 
 # The choices of the modules that read these keys (tests/test_config.py checks they agree).
-TASKS = ("user_tokenizer", "item_tokenizer", "recommender", "generative_retrieval")
+TASKS = ("user_tokenizer", "item_tokenizer", "recommender", "generative_retrieval", "efficientrec")
 DATA_FORMATS = ("synthetic", "tables", "movielens")
 SOURCES = ("tabular", "behaviour", "text")
 TEXT_NORMS = ("standardize", "l2", "none")
 ITEM_REPRS = ("id", "semantic", "unified")
+READERS = ("lcrec", "movielens")
+MEMBERSHIPS = ("sigmoid", "softmax")
 IMPLEMENTATIONS = ("auto", "reference", "chunked", "pallas_gpu", "pallas_tpu",
                    "pallas_gpu_interpret", "pallas_tpu_interpret")
 
@@ -348,6 +395,23 @@ CONSTRAINTS = {
     "quantizer.kmeans_iters": _INT_AT_LEAST_1,
     "quantizer.usage_decay": _PROBABILITY,
     "loss.temperature": (lambda v: v > 0, "> 0"),
+    "data.reader": _one_of(*READERS),
+    "data.train_window": (lambda v: isinstance(v, int) and v >= 2, "an integer >= 2"),
+    "data.unseen_fraction": _PROBABILITY,
+    "model.graph_layers": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "model.head_hidden": (lambda v: all(isinstance(h, int) and h >= 1 for h in v), "integers >= 1"),
+    "model.clusters": _INT_AT_LEAST_1,
+    "model.membership": _one_of(*MEMBERSHIPS),
+    "loss.view_weight": _AT_LEAST_0,
+    "loss.view_dropout": _PROBABILITY,
+    "loss.view_crop": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "loss.u2i_weight": _AT_LEAST_0,
+    "loss.targets_per_row": _INT_AT_LEAST_1,
+    "loss.cluster_weight": _AT_LEAST_0,
+    "loss.balance_weight": _AT_LEAST_0,
+    "eval.top_clusters": _INT_AT_LEAST_1,
+    "eval.shortlist_sizes": (lambda v: len(v) >= 1 and all(isinstance(k, int) and k >= 1 for k in v),
+                             "a non-empty list of integers >= 1"),
 }
 
 
@@ -365,13 +429,17 @@ def cross_key_problems(c: ml_collections.ConfigDict) -> list[str]:
                         f"initialise")
     d = c.get("data")
     if d is not None and "path" in d and not d.path and d.get("format", "lcrec") != "synthetic":
-        problems.append(f"data.path is empty: {'data.format=' + repr(d.format) if 'format' in d else 'the LC-Rec layout'}"
+        layout = (f"data.format={d.format!r}" if "format" in d else f"data.reader={d.reader!r}" if "reader" in d
+                  else "the LC-Rec layout")
+        problems.append(f"data.path is empty: {layout}"
                         f" needs the data directory (--config.data.path=DIR)")
     if m is not None and "num_heads" in m and "head_dim" not in m:  # head_dim given: heads × head_dim is free
         for width in ("dim",):
             if width in m and m[width] % max(m.num_heads, 1):
                 problems.append(f"model.{width}={m[width]} must be a multiple of model.num_heads={m.num_heads}")
     e = c.get("eval")
+    if e is not None and "top_clusters" in e and e.top_clusters > m.clusters:
+        problems.append(f"eval.top_clusters={e.top_clusters} must be <= model.clusters={m.clusters}")
     if e is not None and e.get("length_buckets") and e.length_buckets[-1] != c.data.max_history:
         problems.append(f"eval.length_buckets={tuple(e.length_buckets)} must end with data.max_history="
                         f"{c.data.max_history}, so every history fits one")

@@ -116,6 +116,7 @@ TASKS = {
     "item_tokenizer": "u2qt.tasks.item_tokenizer:ItemTokenizerTask",
     "recommender": "u2qt.tasks.recommender:make_recommender",
     "generative_retrieval": "u2qt.tasks.generative:GenerativeRetrievalTask",
+    "efficientrec": "u2qt.tasks.efficientrec:EfficientRecTask",
 }
 
 

@@ -67,7 +67,12 @@ class LeaveOneOut:
         self.data_warnings = settle_warnings(data.report.warnings, d.strict, log)
         self.data = data
         cold = remove_cold_items(leave_one_out(data.sequences), data.num_items, d.cold_fraction, d.cold_seed)
-        self.split, self.cold = cold.split, cold.cold
+        self._set_split(cold.split, cold.cold)
+
+    def _set_split(self, split, cold) -> None:
+        """The split a model trains on and the validation / test cases it is evaluated on."""
+        d = self.cfg.data
+        self.split, self.cold = split, cold
         self.valid_cases = ranking.make_eval_cases(self.split, "valid", d.max_history)
         self.test_cases = ranking.make_eval_cases(self.split, "test", d.max_history)
         if not len(self.valid_cases):
