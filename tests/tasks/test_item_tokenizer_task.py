@@ -71,7 +71,7 @@ def test_short_run_on_office_writes_the_semantic_id_table(tmp_path, compile_cach
     from u2qt.data.lcrec import read_lcrec
     item_texts = read_lcrec(data, max_description_chars=cfg.data.max_description_chars).item_texts
     got = bundle.text_codes([item_texts[i] for i in some])["item"]
-    want = np.asarray(bundle("item_codes", bundle.constants["item_text"][1:][some])["item"])
+    want = np.asarray(bundle("item_codes", np.asarray(bundle.constants["item_text"])[1:][some])["item"])
     assert got.shape == want.shape == (len(some), 3)
     assert (got == want).all(axis=1).mean() >= 0.99, (got != want).any(axis=1).sum()
     assert bundle.manifest["functions"]["text_codes"]["inputs"]["input_ids"]["shape"] == ["batch", "tokens"]
