@@ -31,7 +31,7 @@ import numpy as np
 from u2qt.files import sha256  # stdlib only, like everything this module imports besides jax and numpy
 from u2qt.prep import ids as id_prep  # numpy only: item ids → indices, TIGER's user hash
 from u2qt.prep import users as user_rows  # numpy only: the code training encodes users with
-from u2qt.prep.wordpiece import WordPiece  # stdlib only: the tokenizer training's text encoder uses
+from u2qt.prep.wordpiece import WordPiece, pad_rows  # stdlib only: the tokenizer training's text encoder uses
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -161,13 +161,8 @@ class Bundle:
             raise BundleError(f"{self.path}: no text_codes function (task {self.manifest.get('task')!r})")
         if self._wordpiece is None:
             self._wordpiece = WordPiece.from_tokenizer_json(self.file(spec["file"]))
-        texts = [str(t).lower() if spec["lowercase"] else str(t) for t in texts]
-        ids = self._wordpiece(texts, spec["max_length"])
-        width = min(max(16, 1 << (max(map(len, ids), default=1) - 1).bit_length()), spec["max_length"])
-        out = np.zeros((len(ids), width), np.int32)
-        for i, row in enumerate(ids):
-            out[i, :len(row)] = row
-        return out
+        ids = self._wordpiece(texts, spec["max_length"], lowercase=spec["lowercase"])
+        return pad_rows(ids, min(max(16, 1 << (max(map(len, ids), default=1) - 1).bit_length()), spec["max_length"]))
 
     def text_codes(self, texts) -> dict[str, np.ndarray]:
         """Item texts → their codes (the bundle's MiniLM in JAX, then the run's quantizer)."""
@@ -178,8 +173,8 @@ class Bundle:
         """Runs each function on the example inputs export stored (e.g. held-out test histories)
         and compares with the outputs the training code computed in process: integer outputs
         (tokens, item indices) must be equal, float outputs (scores) close. Returns per function
-        {"rows", "equal": bool, "int_agreement": share of equal integers, "max_abs_diff": floats};
-        ``ok`` is whether all are equal."""
+        {"rows", "equal": bool, "int_agreement": share of equal integers, "max_abs_diff": floats}
+        ({} for a bundle exported without examples)."""
         if not os.path.exists(self.file(SELF_CHECK)):
             return {}
         with np.load(self.file(SELF_CHECK)) as f:

@@ -1,4 +1,4 @@
-"""BERT's uncased WordPiece tokenizer, in the standard library only.
+"""BERT's uncased WordPiece tokenizer, in the standard library only (numpy for padded batches).
 
 What all-MiniLM-L6-v2's ``tokenizer.json`` describes (``BertNormalizer`` with clean_text,
 handle_chinese_chars, lowercase and so accent stripping; ``BertPreTokenizer``; ``WordPiece`` with
@@ -13,6 +13,8 @@ import functools
 import json
 import unicodedata
 from collections.abc import Sequence
+
+import numpy as np
 
 
 # Characters whose class (letter L, punctuation P, dropped mark or control M, space Z) in the
@@ -163,8 +165,19 @@ class WordPiece:
         """Word-piece ids of one text, without [CLS]/[SEP]."""
         return [i for w in pre_tokenize(normalize(text)) for i in self._word(w)]
 
-    def __call__(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
-        """[CLS] + ids + [SEP] per text, the ids cut so the whole fits ``max_length``."""
+    def __call__(self, texts: Sequence[str], max_length: int, lowercase: bool = False) -> list[list[int]]:
+        """[CLS] + ids + [SEP] per text, the ids cut so the whole fits ``max_length``. ``lowercase``:
+        ``str.lower()`` each text first, as sentence-transformers does for a ``do_lower_case`` model."""
         if isinstance(texts, str):
             raise TypeError("takes a sequence of texts, not one str")
-        return [[self.cls, *self.tokenize(str(t))[:max_length - 2], self.sep] for t in texts]
+        texts = [str(t).lower() if lowercase else str(t) for t in texts]
+        return [[self.cls, *self.tokenize(t)[:max_length - 2], self.sep] for t in texts]
+
+
+def pad_rows(ids: Sequence[Sequence[int]], width: int | None = None) -> np.ndarray:
+    """Rows of token ids → [N, width] int32, 0-padded ([PAD]); width: the longest row by default."""
+    width = max(map(len, ids), default=0) if width is None else width
+    out = np.zeros((len(ids), width), np.int32)
+    for i, row in enumerate(ids):
+        out[i, :len(row)] = row
+    return out

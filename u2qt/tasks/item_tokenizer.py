@@ -39,6 +39,7 @@ from u2qt.data.tables import settle_warnings
 from u2qt.data.text import apply_text_norm, item_text_table
 from u2qt.models.rqvae import CODEBOOKS, RQVAE
 from u2qt.models.sasrec import SASRec
+from u2qt.prep.wordpiece import pad_rows
 from u2qt.quant import residual as rq
 from u2qt.quant.codebooks import quantize_on
 from u2qt.quant.semantic_ids import collision_free_last_level
@@ -190,10 +191,7 @@ class ItemTokenizerTask(ItemTextCodes):
             return {"item": q.codes}
 
         tokenizer = {"file": "tokenizer.json", "max_length": bert.max_seq_length, "lowercase": bert.do_lower_case}
-        ids = encoder.tokenize(self.data.item_texts[:EXAMPLE_ROWS])
-        example_ids = np.zeros((len(ids), max(map(len, ids))), np.int32)
-        for i, row in enumerate(ids):
-            example_ids[i, :len(row)] = row
+        example_ids = pad_rows(encoder.tokenize(self.data.item_texts[:EXAMPLE_ROWS]))
         return {"item_codes": ServingFunction(item_codes, {"text_embedding": ((None, dim), np.float32)},
                                               "an item's text embedding (normalized as data.text_norm) → its nearest codes",
                                               example=(np.asarray(self.constants["item_text"][1:EXAMPLE_ROWS + 1]),)),

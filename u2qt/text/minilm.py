@@ -277,10 +277,7 @@ class SentenceEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Word-piece ids per text, [CLS] … [SEP], truncated to max_seq_length."""
-        texts = [str(t) for t in texts]
-        if self.config.do_lower_case:
-            texts = [t.lower() for t in texts]
-        return self.tokenizer(texts, self.config.max_seq_length)
+        return self.tokenizer(texts, self.config.max_seq_length, lowercase=self.config.do_lower_case)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress=None) -> np.ndarray:
         """[n, hidden] float32 unit embeddings, in the order of `texts`.
