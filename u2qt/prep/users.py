@@ -56,8 +56,7 @@ def encode_categories(text: np.ndarray, vocab: Sequence[str]) -> tuple[np.ndarra
     of present values that were not in the vocabulary."""
     index = {v: i + 1 for i, v in enumerate(vocab)}
     ids = np.fromiter((index.get(v, 0) if v is not None else 0 for v in text), np.int32, len(text))
-    unknown = int(sum(1 for v, i in zip(text, ids) if v is not None and i == 0))
-    return ids, unknown
+    return ids, int(np.sum((ids == 0) & np.not_equal(text, None)))
 
 
 def standardize(raw: np.ndarray, lo, hi, mean, std) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -133,7 +132,9 @@ def encode_rows(spec: Mapping, users, events=None) -> tuple[dict[str, np.ndarray
     report["ignored_columns"] = sorted({k for r in users for k in r if k not in known})
     cat = np.zeros((n, len(cat_fields)), np.int32)
     for j, f in enumerate(cat_fields):
-        text = as_text(np.array([r.get(f) for r in users] + [None], dtype=object)[:n])
+        column = np.empty(n, dtype=object)  # 1-D whatever the values (np.array could nest lists)
+        column[:] = [r.get(f) for r in users]
+        text = as_text(column)
         cat[:, j], unknown = encode_categories(text, spec["cat_vocab"][j])
         missing = int(sum(t is None for t in text))
         if unknown:
