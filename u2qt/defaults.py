@@ -33,6 +33,12 @@ def common(task: str) -> ml_collections.ConfigDict:
     # True makes each such warning an error.
     c.data.strict = False
 
+    # The device mesh is (data, model): batches split over "data"; the large tables (item
+    # embeddings, full-softmax outputs, big codebooks) split over "model" (u2qt/train/sharding.py).
+    # data = every device / model.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.model = 1
+
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128  # global, split over the mesh's data axis
     c.train.steps = 500
@@ -365,6 +371,7 @@ CONSTRAINTS = {
     "model.decoder_layers": _INT_AT_LEAST_1,
     "model.random_levels": (lambda v: len(v) >= 1 and all(isinstance(k, int) and k >= 2 for k in v),
                             "a non-empty list of integers >= 2"),
+    "mesh.model": _INT_AT_LEAST_1,
     "train.steps": _INT_AT_LEAST_1,
     "train.epochs": (lambda v: v >= 0, ">= 0 (0 = train.steps decides)"),
     "train.batch_size": _INT_AT_LEAST_1,

@@ -16,6 +16,8 @@ from u2qt.errors import WorkdirError
 
 # Keys a resumed run may change: they do not change what is trained.
 RESUME_IGNORED = ("train.progress", "train.halt_after_step", "train.finetune_changed_data", "data.strict")
+# Keys added after runs were saved without them: absent from a saved config means this value.
+ADDED_LATER = {"mesh.model": 1}
 FINGERPRINT = "data_fingerprint.json"
 
 
@@ -44,6 +46,7 @@ def check_config(cfg, workdir: str) -> None:
     except ValueError as e:
         raise WorkdirError(f"{path} is not valid JSON ({e}); this workdir's config is unreadable") from None
     a, b = config_lib.flat(saved), config_lib.flat(json.loads(config_lib.to_json(cfg)))
+    a = {**{k: v for k, v in ADDED_LATER.items() if k in b}, **a}
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_IGNORED)
     if diff:
         shown = ", ".join(f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in diff[:6])
