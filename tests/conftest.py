@@ -9,8 +9,15 @@ SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 
 @pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory):
-    """A persistent XLA cache shared by the training tests of this session (and their subprocesses)."""
-    path = str(tmp_path_factory.mktemp("jax_cache"))
+    """A persistent XLA cache shared by the training tests of this session (and their subprocesses)
+    and, under pytest-xdist, by every worker of the run: a program one worker compiled, the other
+    reads (JAX writes an entry whole before it is used; an entry read while another process
+    writes it is a cache miss with a warning, never a wrong program)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is <run>/popen-gwN
+        base = base.parent
+    path = os.path.join(str(base), "jax_cache")
+    os.makedirs(path, exist_ok=True)
     os.environ["U2QT_JAX_CACHE"] = path
     from u2qt.train.workdir import enable_compilation_cache
     enable_compilation_cache(path)
