@@ -285,6 +285,12 @@ def efficientrec() -> ml_collections.ConfigDict:
     e.popularity_buckets = 3
     e.top_clusters = 3  # pruned ranking: a user scores the shortlists of this many clusters
     e.shortlist_sizes = (50, 100, 200, 400)  # items per cluster shortlist, one pruned row each
+    # What a cluster's shortlist ranks items by (u2qt/models/efficientrec.py): "model", the top
+    # eval.shortlist_depth items of each training user's own full ranking, weighted by rank and
+    # membership, for the eval.top_clusters clusters that serve the user; "interactions", the
+    # paper's membership-weighted training interactions.
+    e.shortlist_from = "model"
+    e.shortlist_depth = 100
     return c
 
 
@@ -417,6 +423,8 @@ CONSTRAINTS = {
     "loss.cluster_weight": _AT_LEAST_0,
     "loss.balance_weight": _AT_LEAST_0,
     "eval.top_clusters": _INT_AT_LEAST_1,
+    "eval.shortlist_from": _one_of("model", "interactions"),
+    "eval.shortlist_depth": _INT_AT_LEAST_1,
     "eval.shortlist_sizes": (lambda v: len(v) >= 1 and all(isinstance(k, int) and k >= 1 for k in v),
                              "a non-empty list of integers >= 1"),
 }

@@ -7,7 +7,8 @@ import pytest
 
 from u2qt.errors import DataError
 from u2qt.models.efficientrec import (EfficientRec, bipartite_graph, check_history, cluster_candidates,
-                                      cluster_shortlists, history_inputs, pooling_weights, profile_users, propagate)
+                                      cluster_shortlists, history_inputs, interaction_item_scores, pooling_weights,
+                                      profile_users, propagate, ranked_item_scores, routed)
 
 
 def _sequences(users=7, items=11, seed=0):
@@ -82,9 +83,24 @@ def test_shortlists_rank_items_by_membership_weighted_interactions_and_never_lis
     member = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
     # user 0 touched items 1, 2; user 1 items 3, 4; user 2 item 2
     edge_user, edge_item = jnp.array([0, 0, 1, 1, 2]), jnp.array([1, 2, 3, 4, 2])
-    lists = np.asarray(cluster_shortlists(member, edge_user, edge_item, jnp.ones(5), 6, 3))
+    lists = np.asarray(cluster_shortlists(interaction_item_scores(member, edge_user, edge_item, jnp.ones(5), 6), 3))
     assert lists[0].tolist() == [2, 1, 0]  # item 2: 1 + 0.5, item 1: 1; no third item touched (0 = padding)
     assert sorted(lists[1, :2].tolist()) == [3, 4] and lists[1, 2] == 2  # item 2: 0.5, after 3 and 4 (1 each)
+
+
+def test_model_shortlists_weight_each_user_s_own_ranking_by_rank_and_membership():
+    member = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    top = jnp.array([[5, 1], [3, 4], [1, 6]])  # each user's top-2 items of the full ranking, best first
+    scores = np.asarray(ranked_item_scores(member, top, 6))
+    w0, w1 = 1.0, 1.0 / np.log2(3.0)
+    assert np.allclose(scores[1], [w1 + 0.5 * w0, 0.5 * w0]) and np.allclose(scores[6], [0.5 * w1, 0.5 * w1])
+    assert np.allclose(scores[[0, 2]], 0.0)  # padding and an item nobody ranked
+    lists = np.asarray(cluster_shortlists(jnp.asarray(scores), 4))
+    assert lists[0].tolist() == [1, 5, 6, 0]  # w1 + 0.5 (1.13), 1.0, 0.5·w1; nothing else reached
+    assert lists[1].tolist() == [3, 4, 1, 6]  # 1.0, w1, 0.5, 0.5·w1
+    # A user counts only for the clusters that serve it (its top-m memberships).
+    kept = np.asarray(routed(jnp.array([[0.9, 0.2, 0.7], [0.1, 0.8, 0.3]]), 2))
+    assert np.allclose(kept, [[0.9, 0.0, 0.7], [0.0, 0.8, 0.3]])
 
 
 def test_the_id_free_model_has_no_parameter_per_user_and_the_id_table_does():

@@ -17,10 +17,17 @@ Each equation lives in one function, named as the paper (or LightGCN) names it:
   u = p_u + MLP(p_u). Parameters: H + 1 + the MLP's, none per user.
 - ``memberships``: soft clusters m_u = σ(u · μ_c + b_c) (sigmoid) or softmax_c(u · μ_c + b_c),
   C centroids μ; items get theirs the same way (for the cluster loss only).
-- ``cluster_shortlists``: per cluster, the L items with the largest Σ_{(u,i) ∈ train} m_u,c · v'_ui
-  (v' = the interaction value over the mean value, 1 without values: the paper's "cluster score
-  × rating", summed rather than averaged over the training users who touched the item, so an
-  item one user touched cannot top a cluster).
+- ``cluster_shortlists``: per cluster, the L items of the largest item score, one of
+  - ``interaction_item_scores`` (the paper's): Σ_{(u,i) ∈ train} m_u,c · v'_ui (v' = the
+    interaction value over the mean value, 1 without values: "cluster score × rating", summed
+    rather than averaged over the training users who touched the item, so an item one user
+    touched cannot top a cluster);
+  - ``ranked_item_scores`` (ours, the default ``eval.shortlist_from="model"``):
+    Σ_{u ∈ train, c ∈ top-m(u)} m_u,c / log2(r_u(i) + 2) over the items at ranks r = 0..N-1 of
+    each training user's own full ranking, counting a user only for the m clusters that serve it
+    (``routed``): the items the model would recommend to the users the cluster serves, which is
+    what pruning must keep (a cluster's most interacted items are its popular past, not what its
+    users are recommended next).
 - ``cluster_candidates``: a user's candidates = the union of the shortlists of their top-m
   clusters (sorted, duplicates and padding flagged), the only items the pruned ranking scores.
 - Scores: s_ui = u · o_i with o_i a second propagated item embedding (the output side; pooling
@@ -142,14 +149,37 @@ def cluster_agreement_loss(user_m: jax.Array, item_m: jax.Array, mask: jax.Array
     return assign, balance
 
 
-def cluster_shortlists(user_m: jax.Array, edge_user, edge_item, edge_weight, num_items: int,
-                       size: int) -> jax.Array:
-    """[C, L] item indices: per cluster the L items with the largest Σ_{(u,i)} m_u,c · weight_ui over
-    the training edges, best first; an item no user of the cluster touched is never listed (0 =
-    padding, when a cluster reaches fewer than L items)."""
-    score = jax.ops.segment_sum(user_m[edge_user] * edge_weight[:, None], edge_item, num_segments=num_items + 1)
-    score = score.at[0].set(0.0).T                                       # [C, I + 1]
-    size = min(size, num_items)
+def interaction_item_scores(user_m: jax.Array, edge_user, edge_item, edge_weight, num_items: int) -> jax.Array:
+    """[I + 1, C]: Σ_{(u,i)} m_u,c · weight_ui over the training edges (the paper's shortlists:
+    what the users of a cluster interacted with)."""
+    return jax.ops.segment_sum(user_m[edge_user] * edge_weight[:, None], edge_item, num_segments=num_items + 1)
+
+
+def routed(user_m: jax.Array, top_m: int) -> jax.Array:
+    """The memberships [B, C] with only each user's top-m clusters kept (the clusters that serve the
+    user at inference, ``cluster_candidates``), 0 elsewhere."""
+    _, top = jax.lax.top_k(user_m, min(top_m, user_m.shape[1]))
+    keep = jnp.zeros(user_m.shape, bool).at[jnp.arange(user_m.shape[0])[:, None], top].set(True)
+    return jnp.where(keep, user_m, 0.0)
+
+
+def ranked_item_scores(user_m: jax.Array, top_items: jax.Array, num_items: int) -> jax.Array:
+    """[I + 1, C]: Σ_u m_u,c / log2(r + 2) over the items at rank r of each user's own full ranking
+    (``top_items`` [U, N], best first): what the model would recommend to the users of a cluster
+    (``user_m`` = ``routed`` memberships: the users the cluster serves)."""
+    weight = 1.0 / jnp.log2(jnp.arange(top_items.shape[1], dtype=jnp.float32) + 2.0)   # [N]
+    contrib = user_m[:, None, :] * weight[None, :, None]                                # [U, N, C]
+    return jax.ops.segment_sum(contrib.reshape(-1, user_m.shape[1]), top_items.reshape(-1),
+                               num_segments=num_items + 1)
+
+
+def cluster_shortlists(item_scores: jax.Array, size: int) -> jax.Array:
+    """[C, L] item indices: per cluster the L items of the largest score (``item_scores`` [I + 1, C],
+    from ``interaction_item_scores`` or ``ranked_item_scores``), best first; an item of score 0 (no
+    user of the cluster reached it) is never listed (0 = padding, when a cluster reaches fewer than
+    L items)."""
+    score = item_scores.at[0].set(0.0).T                                 # [C, I + 1]
+    size = min(size, score.shape[1] - 1)
     top, idx = jax.lax.top_k(score, size)
     return jnp.where(top > 0, idx, 0).astype(jnp.int32)
 

@@ -44,7 +44,7 @@ from u2qt.data.tables import DataError, settle_warnings
 from u2qt.eval import ranking
 from u2qt.losses import info_nce, item_softmax_loss
 from u2qt.models.efficientrec import (EfficientRec, bipartite_graph, check_history, cluster_agreement_loss,
-                                      cluster_shortlists)
+                                      cluster_shortlists, interaction_item_scores, ranked_item_scores, routed)
 from u2qt.tasks.recommender import LeaveOneOut
 
 READERS = ("lcrec", "movielens")
@@ -161,6 +161,7 @@ class EfficientRecTask(LeaveOneOut):
         self._top_full = jax.jit(self.model.full_top_k, static_argnames="k")
         self._top_pruned = jax.jit(self.model.pruned_top_k, static_argnames=("k", "top_m"))
         self._profiles = jax.jit(self._encode_profiles)
+        self._ranked = jax.jit(self._ranked_batch, static_argnames="depth")
         log(f"data: {I:,} items, {U:,} users ({int(self.unseen.sum()):,} unseen, held out of training), "
             f"{len(self.examples['user']):,} training rows, {len(graph['edge_user']):,} graph edges, "
             f"{len(self.valid_cases):,} validation / test cases; users as "
@@ -237,12 +238,40 @@ class EfficientRecTask(LeaveOneOut):
         users = jnp.arange(history.shape[0], dtype=jnp.int32)
         return self.model.memberships(params, self.model.encode_history(params, tables, history, values, users))
 
-    def shortlists(self, params, constants, tables, size: int) -> jax.Array:
-        """[C, L] per-cluster shortlists from the training users' memberships and interactions."""
+    def _ranked_batch(self, params, tables, history, values, users, weight, acc, depth: int):
+        """``acc`` + the ranked item scores of one batch of training users (``weight`` 0 = padding)."""
+        user = self.model.encode_history(params, tables, history, values, users)
+        member = routed(self.model.memberships(params, user), self.cfg.eval.top_clusters) * weight[:, None]
+        _, top = jax.lax.top_k((user @ tables.score.T).at[:, 0].set(-jnp.inf), depth)
+        return acc + ranked_item_scores(member, top, self.data.num_items)
+
+    def item_scores(self, params, constants, tables) -> jax.Array:
+        """[I + 1, C] what the shortlists rank items by (``eval.shortlist_from``), from the training
+        users only: "model", each user's own top ``eval.shortlist_depth`` of the full ranking
+        weighted by rank and membership, for the ``eval.top_clusters`` clusters that serve the user; "interactions", their interactions weighted by membership."""
         history, values = self.train_profile
-        member = self._profiles(params, tables, jnp.asarray(history), jnp.asarray(values))
-        return cluster_shortlists(member, constants["edge_user"], constants["edge_item"],
-                                  jnp.asarray(self.edge_weight), self.data.num_items, size)
+        e = self.cfg.eval
+        if e.shortlist_from == "interactions":
+            member = self._profiles(params, tables, jnp.asarray(history), jnp.asarray(values))
+            return interaction_item_scores(member, constants["edge_user"], constants["edge_item"],
+                                           jnp.asarray(self.edge_weight), self.data.num_items)
+        rows = np.flatnonzero((history > 0).any(1) & ~self.unseen).astype(np.int32)
+        bs, depth = e.batch_size, min(e.shortlist_depth, self.data.num_items)
+        acc = jnp.zeros((self.data.num_items + 1, self.model.clusters), jnp.float32)
+        for start in range(0, len(rows), bs):
+            b = rows[start:start + bs]
+            weight = np.zeros(bs, np.float32)
+            weight[:len(b)] = 1.0
+            b = _pad(b, bs)
+            acc = self._ranked(params, tables, jnp.asarray(history[b]), jnp.asarray(values[b]), jnp.asarray(b),
+                               jnp.asarray(weight), acc, depth=depth)
+        return acc
+
+    def shortlists(self, params, constants, tables, size: int, item_scores=None) -> jax.Array:
+        """[C, L] per-cluster shortlists (``item_scores``: from ``self.item_scores``, computed if None)."""
+        if item_scores is None:
+            item_scores = self.item_scores(params, constants, tables)
+        return cluster_shortlists(item_scores, size)
 
     def encode_users(self, params, constants, history, values=None) -> jax.Array:
         """User vectors [B, d] of any users (also ones never seen in training) from their
@@ -321,10 +350,12 @@ class EfficientRecTask(LeaveOneOut):
             lambda h, v, u: self._top_full(params, tables, h, v, u, k=10), cases, values)
         full_r10 = out["Recall@10"]
         pruned = []
+        item_scores = self.item_scores(params, constants, tables)
         for size in e.shortlist_sizes:
-            lists = self.shortlists(params, constants, tables, size)
+            lists = self.shortlists(params, constants, tables, size, item_scores)
             r, fraction = self.pruned_ranks(params, constants, cases, tables, lists)
-            row = {"shortlist": int(size), "top_clusters": e.top_clusters, "fraction_scored": fraction,
+            row = {"shortlist": int(size), "top_clusters": e.top_clusters, "from": e.shortlist_from,
+                   "fraction_scored": fraction,
                    **ranking.metrics_from_ranks(r),
                    "users_per_s": self.users_per_second(
                        lambda h, v, u: self._top_pruned(params, tables, lists, h, v, u, k=10, top_m=e.top_clusters),

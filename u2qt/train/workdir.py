@@ -47,7 +47,11 @@ def check_config(cfg, workdir: str) -> None:
         raise WorkdirError(f"{path} is not valid JSON ({e}); this workdir's config is unreadable") from None
     a, b = config_lib.flat(saved), config_lib.flat(json.loads(config_lib.to_json(cfg)))
     a = {**{k: v for k, v in ADDED_LATER.items() if k in b}, **a}
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_IGNORED)
+    # Evaluation settings never reach the checkpoint: a run (a finished one too) may be evaluated
+    # again with others (e.g. more pruned-ranking shortlist sizes), and its config.json then
+    # records them.
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUME_IGNORED
+                  and not k.startswith("eval."))
     if diff:
         shown = ", ".join(f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in diff[:6])
         raise WorkdirError(f"{workdir} holds a run with a different config ({shown}"

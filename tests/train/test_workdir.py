@@ -1,0 +1,40 @@
+"""The resume check of a workdir's config (u2qt/train/workdir.py: check_config), without training."""
+import json
+import os
+
+import pytest
+
+from conftest import REPO
+from u2qt import config as config_lib
+from u2qt.errors import WorkdirError
+from u2qt.train.workdir import check_config, save_config
+
+
+def _finished(tmp_path, cfg):
+    workdir = str(tmp_path / "run")
+    os.makedirs(os.path.join(workdir, "checkpoints", "100"))  # what has_checkpoint looks for
+    save_config(cfg, workdir)
+    return workdir
+
+
+def _config(**overrides):
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "efficientrec.py") + ":office")
+    for key, value in overrides.items():
+        config_lib.apply_override(cfg, key, value)
+    return cfg
+
+
+def test_evaluation_settings_may_change_on_resume_and_training_ones_may_not(tmp_path):
+    workdir = _finished(tmp_path, _config())
+    check_config(_config(**{"eval.shortlist_sizes": "(20,40)", "eval.shortlist_from": "interactions"}), workdir)
+    with pytest.raises(WorkdirError, match=r"different config \(train\.lr: 0\.001 -> 0\.5\)"):
+        check_config(_config(**{"train.lr": "0.5"}), workdir)
+
+
+def test_a_config_saved_before_a_key_existed_resumes_with_the_key_s_old_meaning(tmp_path):
+    workdir = _finished(tmp_path, _config())
+    path = os.path.join(workdir, "config.json")
+    saved = json.load(open(path))
+    del saved["mesh"]  # as written before mesh.model existed
+    json.dump(saved, open(path, "w"))
+    check_config(_config(), workdir)  # mesh.model=1 is what an absent key meant
