@@ -78,3 +78,22 @@ def test_the_cli_says_what_is_wrong(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(REPO, "sweep.py"), "--config", SPEC, "--sweep", "nope",
                            "--dir", str(tmp_path / "s")], capture_output=True, text=True, cwd=str(tmp_path))
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "defines no sweep 'nope'" in done.stderr
+
+
+def test_the_plot_has_a_panel_per_swept_value_with_log_x_for_learning_rates():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from u2qt import sweep
+    done = [{"trial": f"t{i}", "set train.lr": lr, "set seed": seed, "set train.steps": 100, "m": m}
+            for i, (lr, seed, m) in enumerate([(1e-3, 0, 0.3), (1e-4, 1, 0.2), (1e-2, 0, 0.1)])]
+    sweep.plot_against_swept(plt, done, "m", False, "s")
+    axes = plt.gcf().axes
+    assert [a.get_xlabel() for a in axes] == ["train.lr", "seed"]  # train.steps is the same in every trial
+    assert axes[0].get_xscale() == "log" and axes[1].get_xscale() == "linear"
+    best = axes[0].collections[-1].get_offsets()
+    assert best.tolist() == [[1e-3, 0.3]]  # the best trial (first of the ranked rows) marked
+    plt.close("all")
+    sweep.plot_against_swept(plt, done[:1], "m", False, "s")  # nothing varies: one bar per trial
+    assert len(plt.gcf().axes) == 1 and len(plt.gcf().axes[0].patches) == 1
+    plt.close("all")

@@ -121,6 +121,49 @@ def run_trial(spec: str, workdir: str, overrides: dict, log=print) -> str:
     return status
 
 
+def plot_against_swept(plt, done: list[dict], metric: str, lower_is_better: bool, title: str) -> None:
+    """One panel per swept key (an override whose value differs between finished trials): the metric
+    of each trial against its value (log x for positive numbers spanning 10x or more; other values
+    in order of first appearance); the best trial in another colour. No key varies (one trial):
+    one bar per trial."""
+    keys = [k for k in dict.fromkeys(c for r in done for c in r if c.startswith("set "))
+            if len({repr(r.get(k)) for r in done}) > 1]
+    best = done[0]
+    if not keys:
+        fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(done) + 2), 3.5))
+        ax.bar(range(len(done)), [r[metric] for r in done])
+        ax.set_xticks(range(len(done)), [r["trial"].rpartition("-")[0] or r["trial"] for r in done], rotation=45,
+                      ha="right", fontsize=7)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{title}: {metric} by trial", fontsize=9)
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        values = [r.get(key) for r in done]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric:
+            xs = values
+            if min(values) > 0 and max(values) / min(values) >= 10:
+                ax.set_xscale("log")
+        else:
+            order = list(dict.fromkeys(repr(v) for v in values))
+            xs = [order.index(repr(v)) for v in values]
+            ax.set_xticks(range(len(order)), order, rotation=30, ha="right", fontsize=7)
+        ys = [r[metric] for r in done]
+        if numeric and len(keys) == 1:  # one swept key: the trials form a curve
+            pairs = sorted(zip(xs, ys))
+            ax.plot([p[0] for p in pairs], [p[1] for p in pairs], "-", color="0.7", zorder=1)
+        ax.scatter(xs, ys, zorder=2, label="trials")
+        ax.scatter([xs[0]], [ys[0]], color="tab:red", zorder=3, label="best")
+        ax.set_xlabel(key[len("set "):])
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{title}: {metric} ({'lower' if lower_is_better else 'higher'} is better)\n"
+                 f"against each swept value; best {best['trial']}", fontsize=9)
+    fig.tight_layout()
+
+
 def report(directory: str, spec: str, metric: str | None = None, lower_is_better: bool | None = None) -> list[dict]:
     """Writes results.md, results.csv and results.png in ``directory``; returns the rows, best first."""
     cfg = config_lib.load_config_file(spec)
@@ -175,12 +218,8 @@ def report(directory: str, spec: str, metric: str | None = None, lower_is_better
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(done) + 2), 3.5))
-        ax.bar(range(len(done)), [r[metric] for r in done])
-        ax.set_xticks(range(len(done)), [r["trial"].rpartition("-")[0] or r["trial"] for r in done], rotation=45,
-                      ha="right", fontsize=7)
-        ax.set_ylabel(metric)
-        ax.set_title(f"{os.path.basename(os.path.abspath(directory))}: {metric} by trial, best first", fontsize=9)
+        plot_against_swept(plt, done, metric, lower_is_better, os.path.basename(os.path.abspath(directory)))
+        fig = plt.gcf()
         files.atomic_write(os.path.join(directory, "results.png"),
                            lambda tmp: fig.savefig(tmp, dpi=80, format="png", bbox_inches="tight"))
         plt.close(fig)
