@@ -145,6 +145,9 @@ def plot_against_swept(plt, done: list[dict], metric: str, lower_is_better: bool
             xs = values
             if min(values) > 0 and max(values) / min(values) >= 10:
                 ax.set_xscale("log")
+            if len(set(values)) <= 8:  # the swept values themselves as ticks, nothing in between
+                ax.minorticks_off()
+                ax.set_xticks(sorted(set(values)), [f"{v:g}" for v in sorted(set(values))], fontsize=7)
         else:
             order = list(dict.fromkeys(repr(v) for v in values))
             xs = [order.index(repr(v)) for v in values]
