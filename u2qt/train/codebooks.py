@@ -111,7 +111,8 @@ class CodebookHook:
                     f"lower the codes per level of that stack (config quantizer.*_codes)")
             fitted = self._kmeans(z, books[view].shape[0], k, jax.random.fold_in(key, i),
                                   iters=qc.kmeans_iters, implementation=rq.implementation(qc))
-            new_books[view] = jax.device_put(fitted.astype(books[view].dtype), self.placement.replicated)
+            # Laid out as the parameter is (split over "model" when the sharding rules say so).
+            new_books[view] = jax.device_put(fitted.astype(books[view].dtype), books[view].sharding)
         self.log(f"k-means init of {len(self.sizes)} codebook stacks at step {int(state['step'])} "
                  f"on {usable} rows: {time.time() - t0:.1f}s")
         return dict(state, params=self.task.with_codebooks(state["params"], new_books))
@@ -137,7 +138,7 @@ class CodebookHook:
         nearest, continuous, residuals = self.encode_rows(params)
         assign = getattr(task, "assign_ids", None)
         exported = assign(params, nearest, residuals) if assign else nearest
-        books = {v: np.asarray(b) for v, b in task.codebooks(params).items()}
+        books = {v: self.placement.to_host(b) for v, b in task.codebooks(params).items()}  # whole, even if split
         rel_err = {}
         for view, r in residuals.items():
             z = r[:, 0]

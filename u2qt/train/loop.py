@@ -56,9 +56,23 @@ def check_batch(batch: dict, step: int) -> None:
             raise NonFiniteError(f"step {step}: batch key {key!r} holds NaN/Inf in batch rows {rows[:5].tolist()}")
 
 
+def compile_step(train_step, placement: Placement, state_shardings, data_shardings, abstract_state, step_inputs,
+                 constants):
+    """The train step compiled ahead of time for these shardings (the state donated); its
+    ``memory_analysis()`` gives the bytes per device (the loop logs them, the mesh benchmark and
+    tests compare them)."""
+    return jax.jit(train_step, in_shardings=(state_shardings, data_shardings, placement.replicated),
+                   out_shardings=(state_shardings, placement.replicated), donate_argnums=(0,)).lower(
+        abstract_state, step_inputs, constants).compile()
+
+
 def run(cfg, workdir: str) -> dict:
     """Trains (or resumes) the run of ``cfg`` in ``workdir``; returns the summary. ``cfg`` is not
-    changed (the run works on a copy)."""
+    changed (the run works on a copy). A config with a ``federated`` family runs the federated
+    trainer instead (``u2qt/train/federated.py``), which wraps the same train step."""
+    if "federated" in cfg:
+        from u2qt.train import federated
+        return federated.run(cfg.copy_and_resolve_references(), workdir)
     with contextlib.ExitStack() as scope:
         return _run(cfg.copy_and_resolve_references(), workdir, scope)
 
@@ -66,6 +80,13 @@ def run(cfg, workdir: str) -> dict:
 def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     # ------------------------------------------------------------------ config, workdir, task
     config_lib.validate(cfg, defaults.CONSTRAINTS, defaults.cross_key_problems)  # before any work
+    # The mesh (u2qt/train/sharding.py) needs only the devices: a mesh.model or batch size that does
+    # not fit them is refused before the workdir is touched.
+    placement = Placement(cfg.train.batch_size, cfg.mesh.model)
+    if cfg.train.batch_size % placement.data:
+        raise config_lib.ConfigError(
+            f"config train.batch_size={cfg.train.batch_size} must be a multiple of the {placement.data} devices "
+            f"of the mesh's data axis")
     check_config(cfg, workdir)  # reads only: checkpoints of another config are refused before data are read
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
@@ -97,13 +118,9 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     resolve_epochs(cfg, rows, log)
 
     # ------------------------------------------------------------------ mesh
-    placement = Placement(cfg.train.batch_size)
     # The ambient mesh lets nearest-code kernels run under shard_map over "data" (u2qt/kernels/codebook_assign).
     scope.enter_context(jax.set_mesh(placement.mesh))
     devices = placement.devices
-    if cfg.train.batch_size % len(devices):
-        raise config_lib.ConfigError(
-            f"config train.batch_size={cfg.train.batch_size} must be a multiple of the {len(devices)} devices")
     constants = {k: jax.device_put(np.asarray(v), placement.replicated) for k, v in task.constants.items()}
     if on_device:  # batches are drawn on the devices: one check of every row now, none per step
         batches_lib.check_finite(model_examples, task.row_ids if tokenizer and task.rows is task.examples else None)
@@ -129,11 +146,15 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         return dict(state, data=batches.initial_state()) if on_device else state
 
     abstract = jax.eval_shape(init, root_key)
-    state_shardings = jax.tree.map(lambda _: placement.replicated, abstract)
+    # Parameters replicated, but for the large tables that the rules split over "model"; the
+    # optimizer moments and best-so-far copies follow their parameter (u2qt/train/sharding.py).
+    state_shardings = placement.state_shardings(abstract, log)
     state = jax.jit(init, out_shardings=state_shardings)(root_key)
+    placement.check_state(state, "the initial train state")
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     log(f"model: {num_params:,} parameters on {len(devices)} {devices[0].platform} device(s)"
-        + (f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""))
+        + (f" of {jax.process_count()} processes" if jax.process_count() > 1 else "")
+        + (f", mesh data {placement.data} × model {placement.model}" if placement.model > 1 else ""))
 
     # ------------------------------------------------------------------ data iterator, restore
     if not on_device:
@@ -146,6 +167,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     restored, restored_step = checkpoint.restore_latest(mngr, checkpoint.abstract_like(state), train_iter)
     if restored is not None:
         state = restored
+        placement.check_state(state, f"the train state restored from step {restored_step}")
         log(f"resumed from the checkpoint of step {restored_step}")
     hook = CodebookHook(task, cfg, constants, placement, log) if tokenizer else None
 
@@ -160,9 +182,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         step_inputs = {k: jax.ShapeDtypeStruct((cfg.train.batch_size,) + v.shape[1:], v.dtype, sharding=placement.batch)
                        for k, v in model_examples.items()}
         data_shardings = {k: placement.batch for k in task.model_keys}
-    step_fn = jax.jit(train_step, in_shardings=(state_shardings, data_shardings, placement.replicated),
-                      out_shardings=(state_shardings, placement.replicated), donate_argnums=(0,)).lower(
-        checkpoint.abstract_like(state), step_inputs, constants).compile()
+    step_fn = compile_step(train_step, placement, state_shardings, data_shardings, checkpoint.abstract_like(state),
+                           step_inputs, constants)
     memory = step_fn.memory_analysis()
     log(f"train step compiled in {time.time() - t0:.1f}s" + (
         f"; per device: arguments {memory.argument_size_in_bytes / 2**20:.1f} MiB, "
@@ -186,7 +207,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
             if ev[select_metric] > float(state["best"]["value"]):
                 best = {"params": jax.tree.map(jnp.copy, state["params"]),
                         "value": jnp.asarray(ev[select_metric], jnp.float32), "step": jnp.asarray(done, jnp.int32)}
-                state = dict(state, best=placement.replicate(best))
+                state = dict(state, best=jax.device_put(best, state_shardings["best"]))
             log(f"eval at step {done}: {select_metric} {ev[select_metric]:.4f} (best so far "
                 f"{float(state['best']['value']):.4f})")
         return state

@@ -14,8 +14,10 @@ from u2qt import config as config_lib
 from u2qt import files
 from u2qt.errors import WorkdirError
 
-# Keys a resumed run may change: they do not change what is trained.
-RESUME_IGNORED = ("train.progress", "train.halt_after_step", "train.finetune_changed_data", "data.strict")
+# Keys a resumed run may change: they do not change what is trained (mesh.model only lays the
+# same state out over the devices otherwise: a checkpoint restores onto any layout).
+RESUME_IGNORED = ("train.progress", "train.halt_after_step", "train.finetune_changed_data", "data.strict",
+                  "mesh.model")
 # Keys added after runs were saved without them: absent from a saved config means this value.
 ADDED_LATER = {"mesh.model": 1}
 FINGERPRINT = "data_fingerprint.json"
