@@ -102,6 +102,9 @@ def user_tokenizer() -> ml_collections.ConfigDict:
     d.holdout = 5  # latest events held out per user for future-behaviour evaluation
     d.min_input = 5  # hold out only for users who keep at least this many input events
     d.exclude_user_columns = ()  # attributes the tokenizer must not see (e.g. a downstream target)
+    # > 0: build the examples chunk by chunk (this many users each) into array_record files under
+    # data.cache_dir and read them lazily: data larger than memory (u2qt/data/stream.py). 0 = in memory.
+    d.stream_chunk_users = 0
 
     m = c.model = ml_collections.ConfigDict()
     m.sources = ("tabular", "behaviour", "text")  # the Q-Former's causal order
@@ -331,6 +334,7 @@ CONSTRAINTS = {
     "data.synthetic_users": _INT_AT_LEAST_1,
     "data.synthetic_items": _INT_AT_LEAST_1,
     "data.synthetic_types": _INT_AT_LEAST_1,
+    "data.stream_chunk_users": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = in memory)"),
     "data.max_description_chars": _INT_AT_LEAST_1,
     "data.cold_fraction": _PROBABILITY,
     "model.sources": _some_of(*SOURCES),

@@ -140,28 +140,56 @@ def build_examples(
     removed from them (e.g. an attribute that a downstream task predicts). Numeric columns are numeric
     fields unless named in categorical_columns (e.g. a zip code read from CSV as a number).
     """
+    cat_fields, num_fields = _split_columns(tables.users, user_columns, exclude_user_columns, categorical_columns)
+    return _examples(tables, None, fit=dict(cat_fields=cat_fields, num_fields=num_fields, max_events=max_events,
+                                            holdout=holdout, min_input=min_input))
+
+
+def encode_examples(tables: Tables, spec: DatasetSpec, *, first_index: int = 0) -> dict[str, np.ndarray]:
+    """The examples of `tables.users` with a spec fitted before (on other users: the first chunk of
+    a streamed data set): the same arrays `build_examples` makes, with the spec's vocabularies,
+    clipping bounds, means, item ids and hold-out rule; unseen categories get id 0, events of items
+    the spec does not know are dropped. `user_index` counts from `first_index`."""
+    missing = [c for c in [*spec.cat_fields, *spec.num_fields] if c not in tables.users.columns]
+    if missing:
+        raise DataError(f"user columns {missing} of the data set's spec are not in the users table "
+                        f"(columns: {list(tables.users.columns)})")
+    return _examples(tables, spec, first_index=first_index)[1]
+
+
+def _examples(tables: Tables, spec: DatasetSpec | None, *, fit: dict | None = None,
+              first_index: int = 0) -> tuple[DatasetSpec, dict[str, np.ndarray]]:
+    """`build_examples` (spec None: fitted here, from `fit`'s settings) or `encode_examples`."""
     users, items, events = tables.users, tables.items, tables.events
     num_users = len(users)
-    cat_fields, num_fields = _split_columns(users, user_columns, exclude_user_columns, categorical_columns)
+    cat_fields = spec.cat_fields if spec else fit["cat_fields"]
+    num_fields = spec.num_fields if spec else fit["num_fields"]
+    max_events, holdout, min_input = ((spec.max_events, spec.holdout, spec.min_input) if spec
+                                      else (fit["max_events"], fit["holdout"], fit["min_input"]))
 
     # Tabular fields.
     cat_text = [_as_text(users[c]) for c in cat_fields]
-    cat_vocab = [_vocab(t) for t in cat_text]
+    cat_vocab = spec.cat_vocab if spec else [_vocab(t) for t in cat_text]
     cat = np.zeros((num_users, len(cat_fields)), np.int32)
     for j, (t, v) in enumerate(zip(cat_text, cat_vocab)):
         cat[:, j], _ = encode_categories(t, v)
     num_raw = users[num_fields].to_numpy(dtype=np.float64).reshape(num_users, len(num_fields))
     present = np.isfinite(num_raw)
-    bounds = np.array([robust_bounds(num_raw[:, j]) for j in range(len(num_fields))]).reshape(-1, 2)
-    clipped = np.clip(num_raw, bounds[:, 0], bounds[:, 1])
-    stats = np.array([_mean_std(clipped[present[:, j], j]) for j in range(len(num_fields))]).reshape(-1, 2)
-    num_mean, num_std = stats[:, 0], stats[:, 1]
+    if spec:
+        bounds = np.array([spec.num_clip_lo, spec.num_clip_hi], np.float64).T.reshape(-1, 2)
+        num_mean, num_std = np.asarray(spec.num_mean, np.float64), np.asarray(spec.num_std, np.float64)
+    else:
+        bounds = np.array([robust_bounds(num_raw[:, j]) for j in range(len(num_fields))]).reshape(-1, 2)
+        clipped = np.clip(num_raw, bounds[:, 0], bounds[:, 1])
+        stats = np.array([_mean_std(clipped[present[:, j], j]) for j in range(len(num_fields))]).reshape(-1, 2)
+        num_mean, num_std = stats[:, 0], stats[:, 1]
     num, present, was_clipped = standardize(num_raw, bounds[:, 0], bounds[:, 1], num_mean, num_std)
     num_clipped = {f: int(n) for f, n in zip(num_fields, was_clipped.sum(axis=0)) if n}
 
     # Events: map ids to rows, sort by (user, timestamp, item index).
     u = pd.Index(users["user_id"]).get_indexer(events["user_id"])
-    it = pd.Index(items["item_id"]).get_indexer(events["item_id"]) + 1
+    item_index = pd.Index(spec.item_ids) if spec else pd.Index(items["item_id"])
+    it = item_index.get_indexer(events["item_id"].astype(str) if spec else events["item_id"]) + 1
     keep = (u >= 0) & (it >= 1)
     u, it = u[keep], it[keep]
     ts = events["timestamp"].to_numpy(np.int64)[keep]
@@ -185,10 +213,13 @@ def build_examples(
     last_input = np.zeros(num_users, np.int64)  # time of each user's last input event
     has_input = n_input > 0
     last_input[has_input] = ts[(start + n_input - 1)[has_input]]
-    val_in = val[is_input & np.isfinite(val)]
-    value_mean = float(val_in.mean()) if len(val_in) else 0.0
-    value_std = float(val_in.std()) if len(val_in) else 1.0
-    value_std = value_std if value_std > 0 else 1.0
+    if spec:
+        value_mean, value_std = spec.value_mean, spec.value_std
+    else:
+        val_in = val[is_input & np.isfinite(val)]
+        value_mean = float(val_in.mean()) if len(val_in) else 0.0
+        value_std = float(val_in.std()) if len(val_in) else 1.0
+        value_std = value_std if value_std > 0 else 1.0
     feats = event_features(ts, prev_ts, last_input[u], val, value_mean, value_std)
 
     items_arr = np.zeros((num_users, max_events), np.int32)
@@ -200,26 +231,27 @@ def build_examples(
     fslot = pos - n_input[u]
     future[u[is_future], fslot[is_future]] = it[is_future]
 
-    spec = DatasetSpec(
-        user_ids=users["user_id"].astype(str).tolist(),
-        item_ids=items["item_id"].astype(str).tolist(),
-        item_texts=items["text"].astype(str).tolist(),
-        cat_fields=cat_fields,
-        cat_vocab=cat_vocab,
-        num_fields=num_fields,
-        num_mean=num_mean.tolist(),
-        num_std=num_std.tolist(),
-        value_mean=value_mean,
-        value_std=value_std,
-        max_events=max_events,
-        holdout=holdout,
-        min_input=min_input,
-        num_clip_lo=bounds[:, 0].tolist(),
-        num_clip_hi=bounds[:, 1].tolist(),
-        num_clipped=num_clipped,
-    )
+    if spec is None:
+        spec = DatasetSpec(
+            user_ids=users["user_id"].astype(str).tolist(),
+            item_ids=items["item_id"].astype(str).tolist(),
+            item_texts=items["text"].astype(str).tolist(),
+            cat_fields=cat_fields,
+            cat_vocab=cat_vocab,
+            num_fields=num_fields,
+            num_mean=num_mean.tolist(),
+            num_std=num_std.tolist(),
+            value_mean=value_mean,
+            value_std=value_std,
+            max_events=max_events,
+            holdout=holdout,
+            min_input=min_input,
+            num_clip_lo=bounds[:, 0].tolist(),
+            num_clip_hi=bounds[:, 1].tolist(),
+            num_clipped=num_clipped,
+        )
     examples = {
-        "user_index": np.arange(num_users, dtype=np.int32),
+        "user_index": np.arange(first_index, first_index + num_users, dtype=np.int32),
         "cat": cat,
         "num": num,
         "num_mask": present.astype(np.float32),

@@ -1,7 +1,9 @@
 """The grain input pipeline: per-user examples → batches of numpy arrays.
 
 A source is anything with `__len__` and `__getitem__(i) -> {key: np.ndarray}`: the TFDS data source
-of `tfds_builder.build_data_source`, or `ArraySource` over the in-memory arrays of `build_examples`.
+of `tfds_builder.build_data_source`, `ArraySource` over the in-memory arrays of `build_examples`, or
+the streamed files' `stream.RowSource`; a source with `read_batch(indices) -> {key: [n, ...]}` (or
+`__getitems__`) is read one batch per call.
 
 Training (`make_train_iterator`): the whole data set is shuffled with the seed, differently in each
 epoch, and repeated forever; global step s takes the next `global_batch_size` (B) examples of that
@@ -17,6 +19,7 @@ for encoding every row (export, k-means, evaluation).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import grain
@@ -40,9 +43,23 @@ class ArraySource:
         return {k: v[index] for k, v in self._arrays.items()}
 
     def __getitems__(self, indices) -> list[dict[str, np.ndarray]]:
+        taken = self.read_batch(indices)
+        return [{k: v[j] for k, v in taken.items()} for j in range(len(indices))]
+
+    def read_batch(self, indices) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64)
-        taken = {k: v[idx] for k, v in self._arrays.items()}  # one gather per key, not per element
-        return [{k: v[j] for k, v in taken.items()} for j in range(len(idx))]
+        return {k: v[idx] for k, v in self._arrays.items()}  # one gather per key, not per element
+
+
+def _rows(source, indices) -> dict[str, np.ndarray]:
+    """The rows at ``indices``, stacked: one batched read where the source has one (``read_batch``:
+    the streamed files, whose random reads are slow one by one), else one ``__getitems__``."""
+    read = getattr(source, "read_batch", None)
+    if read is not None:
+        return read(indices)
+    indices = [int(i) for i in indices]
+    rows = source.__getitems__(indices) if hasattr(source, "__getitems__") else [source[i] for i in indices]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def _read_options(num_threads: int, prefetch: int) -> grain.ReadOptions:
@@ -67,14 +84,18 @@ def make_train_iterator(
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
     if len(source) == 0:
         raise ValueError("the source is empty")
+    # The stream is shuffled and batched as indices (the same permutation as shuffling the source
+    # itself); each batch of indices is then read at once (``_rows``). Reading a batch in one call
+    # matters for the streamed array_record files: grain's batch reads element by element.
     ds = (
-        grain.MapDataset.source(source)
+        grain.MapDataset.range(len(source))
         .shuffle(seed=seed)  # a different permutation in every epoch (seed + epoch)
         .repeat()
     )
     # Batches of B/P consecutive examples; process p takes every P-th from the p-th: its block of
-    # each global batch. Both steps are lazy: only this process's examples are ever read.
+    # each global batch. All steps are lazy: only this process's examples are ever read.
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)[process_index::process_count]
+    ds = ds.map(functools.partial(_rows, source))
     return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch)))
 
 

@@ -25,7 +25,10 @@ VERSION = "1.0.0"
 
 
 def examples_fingerprint(examples: dict[str, np.ndarray]) -> str:
-    """A short hash of the examples' keys, shapes, dtypes and contents: a natural cache key."""
+    """A short hash of the examples' keys, shapes, dtypes and contents: a natural cache key.
+    Streamed examples (``u2qt/data/stream.py``) carry the one computed while they were written."""
+    if getattr(examples, "fingerprint", None):
+        return examples.fingerprint
     h = hashlib.sha1()
     for k in sorted(examples):
         v = np.ascontiguousarray(examples[k])
@@ -121,7 +124,10 @@ def build_lock(data_dir: str, fingerprint: str):
 
 
 def build_data_source(examples: dict[str, np.ndarray], data_dir: str, fingerprint: str):
-    """Writes `examples` as array_record (once per fingerprint) and returns the random-access source."""
+    """Writes `examples` as array_record (once per fingerprint) and returns the random-access source.
+    Streamed examples are array_record files already: their own source, nothing is written."""
+    if hasattr(examples, "source"):
+        return examples.source()
     sizes = {k: len(v) for k, v in examples.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(f"examples must share their leading dimension, got {sizes}")

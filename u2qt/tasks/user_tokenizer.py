@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from u2qt import files, losses
-from u2qt.data.load import load_data
+from u2qt.data.load import load_data, load_streamed
 from u2qt.data.tables import settle_warnings
 from u2qt.data.text import item_text_table
 from u2qt.models.user_tokenizer import U2QT, ModelSpec, active_terms
@@ -30,14 +30,17 @@ class UserTokenizerTask:
     row_kind = "user"
 
     def __init__(self, cfg, cache_dir: str, log=print):
-        data = load_data(cfg.data)
+        # data.stream_chunk_users > 0: the examples are array_record files read lazily (data
+        # larger than memory), with the same keys, shapes and dtypes as the in-memory arrays.
+        data = (load_streamed(cfg.data, cache_dir, log) if cfg.data.get("stream_chunk_users", 0)
+                else load_data(cfg.data))
         if data.report is not None:
             log(f"data: {data.report}")
         self.data_warnings = settle_warnings(data.warnings, cfg.data.strict, log)
         self.cfg = cfg
         self.data = data
         self.examples = self.rows = data.examples
-        self.row_ids = data.spec.user_ids
+        self.row_ids = data.row_ids
         self.labels = data.user_types
         item_text = item_text_table(data.spec.item_texts, cache_dir, log=log)
         self.constants = {"item_text": item_text}
@@ -47,8 +50,8 @@ class UserTokenizerTask:
         spec = data.spec
         self.model = U2QT(ModelSpec(tuple(spec.cat_sizes), len(spec.num_fields), spec.num_items, spec.max_events,
                                     item_text.shape[1]), cfg)
-        log(f"data: {len(spec.user_ids)} users, {spec.num_items} items, "
-            f"{int((data.examples['length'] > 0).sum())} users with events; fields {spec.cat_fields + spec.num_fields}")
+        log(f"data: {len(self.row_ids)} users, {spec.num_items} items, "
+            f"{data.users_with_events} users with events; fields {spec.cat_fields + spec.num_fields}")
 
     # -------------------------------------------------------------- core
     def init(self, key, sample, constants):

@@ -24,7 +24,9 @@ DATA_STREAM = 0x5EED  # folded into the seed: the data order's own key
 
 
 def nbytes(examples: dict, keys) -> int:
-    return sum(np.asarray(examples[k]).nbytes for k in keys)
+    """Bytes of the example arrays; streamed columns (``u2qt/data/stream.py``) say theirs unread."""
+    return sum(int(examples[k].nbytes) if hasattr(examples[k], "nbytes") else np.asarray(examples[k]).nbytes
+               for k in keys)
 
 
 def use_device(examples: dict, keys, limit_mb: float) -> bool:

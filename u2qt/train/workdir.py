@@ -19,7 +19,7 @@ from u2qt.errors import WorkdirError
 RESUME_IGNORED = ("train.progress", "train.halt_after_step", "train.finetune_changed_data", "data.strict",
                   "mesh.model")
 # Keys added after runs were saved without them: absent from a saved config means this value.
-ADDED_LATER = {"mesh.model": 1}
+ADDED_LATER = {"mesh.model": 1, "data.stream_chunk_users": 0}
 FINGERPRINT = "data_fingerprint.json"
 
 
