@@ -179,6 +179,10 @@ def _variants():
                 if extra == ",coldstart" and kind in ("rqvae", "items"):
                     continue
                 specs.append(str(ROOT / "configs" / "amazon.py") + f":{data},{kind}{extra}")
+    for data in ("ml1m", "beauty"):
+        for model in ("mrff", "fedavg", "central"):
+            for extra in ("", ",runlocal"):
+                specs.append(str(ROOT / "configs" / "federated.py") + f":{data},{model}{extra}")
     return specs
 
 

@@ -8,6 +8,7 @@ A config file (``configs/*.py``) starts from one family and changes what differs
     recommender()     SASRec with ID / semantic / unified items (task "recommender")
     generative_retrieval()  TIGER: decode the next item's semantic ID (task "generative_retrieval")
     efficientrec()    EfficientRec: users without ID rows, soft clusters that prune candidates (task "efficientrec")
+    federated()       MRFF / FedAvg SASRec trained across clients by the federated trainer (task "federated")
 
 A family holds only the keys its task reads, so an override of a key the run does not read is
 refused as unknown. ``CONSTRAINTS`` and ``cross_key_problems`` (at the end) say what each value
@@ -297,6 +298,54 @@ def efficientrec() -> ml_collections.ConfigDict:
     return c
 
 
+def federated() -> ml_collections.ConfigDict:
+    """Federated sequential recommendation (MRFF, arXiv 2412.16969): the federated trainer
+    (u2qt/train/federated.py) around the one train step. Without the ``federated`` family (a
+    config that deletes it) the same task trains centrally in the ordinary loop (variant sasrec)."""
+    c = common("federated")
+    d = c.data
+    d.reader = "lcrec"  # lcrec (NAME.inter.json + NAME.item.json) | movielens (the GroupLens files)
+    d.path = ""
+    d.max_description_chars = 2000  # the LC-Rec reader's (item text is not used)
+    d.max_history = 20  # the protocol's history length (inputs of training rows too)
+
+    m = c.model = ml_collections.ConfigDict()
+    m.variant = "mrff"  # mrff (group experts + private user expert) | sasrec (every parameter shared)
+    m.dim = 64
+    m.num_heads = 2
+    m.seq_layers = 2
+    m.dropout = 0.2
+    m.experts = 4  # K group experts, each a feed-forward of width 4 · dim
+    m.private_hidden = 16  # width of each block's private user expert (kept per client: memory × clients)
+    m.gate_hidden = 32  # the gating MLP u → K route logits
+
+    lo = c.loss = ml_collections.ConfigDict()
+    lo.balance_weight = 0.01  # α of the balance loss α · K · Σ_k f_k · p_k
+
+    fe = c.federated = ml_collections.ConfigDict()
+    fe.rounds = 100
+    fe.client_fraction = 0.1  # share of the clients with data sampled each round
+    fe.local_steps = 2  # train steps each sampled client runs per round
+    fe.local_batch = 8  # rows per local step (a client with fewer uses all of its rows)
+    fe.clients_per_chunk = 128  # clients trained at once under vmap (a round scans over chunks of this many)
+    fe.grouping = "user"  # user (a client per user) | random (groups of group_size) | attribute
+    fe.group_size = 10  # grouping=random
+    fe.group_attribute = "gender"  # grouping=attribute: the user attribute (MovieLens-1M only)
+    fe.dp_clip = 0.0  # DP-FedAvg: L2 clip of each client's update (0 = off)
+    fe.dp_noise = 0.0  # DP-FedAvg: Gaussian noise multiplier z (std z · clip · max weight / Σ weights)
+
+    c.train.lr = 1e-3
+    c.train.warmup_steps = 20
+    c.train.log_every = 10  # rounds, as eval_every, checkpoint_every and halt_after_step
+    c.train.eval_every = 50
+    c.train.checkpoint_every = 50
+
+    e = c.eval = ml_collections.ConfigDict()
+    e.batch_size = 512
+    e.popularity_buckets = 3
+    return c
+
+
 # ----------------------------------------------------------------------------- constraints
 # What a value must satisfy, by key (checked with ``u2qt.config.validate`` before any data is read
 # or anything compiles; a key the config does not hold is skipped). (test, what it must be).
@@ -315,13 +364,15 @@ def _some_of(*values):
 
 
 # The choices of the modules that read these keys (tests/test_config.py checks they agree).
-TASKS = ("user_tokenizer", "item_tokenizer", "recommender", "generative_retrieval", "efficientrec")
+TASKS = ("user_tokenizer", "item_tokenizer", "recommender", "generative_retrieval", "efficientrec", "federated")
 DATA_FORMATS = ("synthetic", "tables", "movielens")
 SOURCES = ("tabular", "behaviour", "text")
 TEXT_NORMS = ("standardize", "l2", "none")
 ITEM_REPRS = ("id", "semantic", "unified")
 READERS = ("lcrec", "movielens")
 MEMBERSHIPS = ("sigmoid", "softmax")
+FEDERATED_VARIANTS = ("mrff", "sasrec")
+GROUPINGS = ("user", "random", "attribute")
 IMPLEMENTATIONS = ("auto", "reference", "chunked", "pallas_gpu", "pallas_tpu",
                    "pallas_gpu_interpret", "pallas_tpu_interpret")
 
@@ -431,6 +482,19 @@ CONSTRAINTS = {
     "eval.shortlist_depth": _INT_AT_LEAST_1,
     "eval.shortlist_sizes": (lambda v: len(v) >= 1 and all(isinstance(k, int) and k >= 1 for k in v),
                              "a non-empty list of integers >= 1"),
+    "model.variant": _one_of(*FEDERATED_VARIANTS),
+    "model.experts": _INT_AT_LEAST_1,
+    "model.private_hidden": _INT_AT_LEAST_1,
+    "model.gate_hidden": _INT_AT_LEAST_1,
+    "federated.rounds": _INT_AT_LEAST_1,
+    "federated.client_fraction": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "federated.local_steps": _INT_AT_LEAST_1,
+    "federated.local_batch": _INT_AT_LEAST_1,
+    "federated.clients_per_chunk": _INT_AT_LEAST_1,
+    "federated.grouping": _one_of(*GROUPINGS),
+    "federated.group_size": _INT_AT_LEAST_1,
+    "federated.dp_clip": _AT_LEAST_0,
+    "federated.dp_noise": _AT_LEAST_0,
 }
 
 
@@ -462,4 +526,8 @@ def cross_key_problems(c: ml_collections.ConfigDict) -> list[str]:
     if e is not None and e.get("length_buckets") and e.length_buckets[-1] != c.data.max_history:
         problems.append(f"eval.length_buckets={tuple(e.length_buckets)} must end with data.max_history="
                         f"{c.data.max_history}, so every history fits one")
+    fe = c.get("federated")
+    if fe is not None and fe.dp_noise > 0 and fe.dp_clip <= 0:
+        problems.append(f"federated.dp_noise={fe.dp_noise} needs federated.dp_clip > 0: the noise is scaled to the "
+                        f"clipped updates' sensitivity")
     return problems

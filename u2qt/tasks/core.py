@@ -117,6 +117,7 @@ TASKS = {
     "recommender": "u2qt.tasks.recommender:make_recommender",
     "generative_retrieval": "u2qt.tasks.generative:GenerativeRetrievalTask",
     "efficientrec": "u2qt.tasks.efficientrec:EfficientRecTask",
+    "federated": "u2qt.tasks.federated:FederatedRecTask",
 }
 
 

@@ -1,0 +1,80 @@
+"""MRFF (u2qt/models/mrff.py): who owns which parameter, top-1 routing per client, the balance
+loss, and the SASRec backbone's left-padding invariance."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from u2qt.models.mrff import MRFF, balance_loss, parameter_role, route
+from u2qt.tasks.federated import key_names
+
+ITEMS = 30
+
+
+def _model(**kw):
+    return MRFF(num_items=ITEMS, d_model=16, num_layers=2, num_heads=2, dropout=0.0, max_len=8, experts=3,
+                private_hidden=4, gate_hidden=8, **kw)
+
+
+def _params(model, seed=0):
+    return model.init(jax.random.key(seed), jnp.ones((1, 8), jnp.int32))["params"]
+
+
+def test_roles_private_group_shared():
+    params = _params(_model())
+    roles = {key_names(p)[-2:] if "group_expert" in key_names(p) else key_names(p): parameter_role(key_names(p))
+             for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    assert roles[("user_embedding",)] == "private"
+    assert roles[("id_embedding",)] == roles[("position_embedding",)] == "shared"
+    flat = {".".join(key_names(p)): parameter_role(key_names(p)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    assert {r for n, r in flat.items() if "private_expert" in n} == {"private"}
+    assert {r for n, r in flat.items() if "group_expert" in n} == {"group"}
+    assert {r for n, r in flat.items() if n.startswith("gate") or "Attention" in n} == {"shared"}
+    # Group experts are stacked on a leading expert axis.
+    assert params["blocks_0"]["group_expert"]["w_in"].shape == (3, 16, 64)
+
+
+def test_the_recommendation_loss_reaches_only_the_routed_expert_and_the_gate():
+    model = _model()
+    params = _params(model)
+    items = jnp.array([[0, 0, 3, 7, 1, 9, 4, 2]])
+    k, scale = route(model.apply({"params": params}, method=MRFF.route_probs))
+
+    def loss(p):
+        hidden, _ = model.apply({"params": p}, items)
+        return jnp.sum(hidden[:, -1] @ model.apply({"params": p}, method=MRFF.item_table).T)
+
+    grads = jax.grad(loss)(params)
+    g = np.asarray(grads["blocks_0"]["group_expert"]["w_in"])
+    norms = np.abs(g).reshape(3, -1).sum(1)
+    assert norms[int(k)] > 0 and np.all(np.delete(norms, int(k)) == 0)
+    assert np.abs(np.asarray(grads["gate"]["Dense_1"]["kernel"])).sum() > 0  # through the scale p_k*
+    assert np.abs(np.asarray(grads["user_embedding"])).sum() > 0
+    assert 0 < float(scale) <= 1
+
+
+def test_route_is_top1_per_client():
+    probs = jnp.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    k, p = route(probs)
+    np.testing.assert_array_equal(k, [1, 0])
+    np.testing.assert_allclose(p, [0.5, 0.6])
+
+
+def test_balance_loss_is_alpha_k_sum_share_times_prob_and_pushes_off_the_busy_expert():
+    probs = jnp.array([0.5, 0.3, 0.2])
+    share = jnp.array([0.8, 0.1, 0.1])
+    np.testing.assert_allclose(balance_loss(probs, share, 0.5), 0.5 * 3 * (0.4 + 0.03 + 0.02), rtol=1e-6)
+    # Uniform shares: constant for any probabilities (nothing to balance).
+    np.testing.assert_allclose(balance_loss(probs, jnp.full(3, 1 / 3), 1.0), 1.0, rtol=1e-6)
+    logits = jnp.zeros(3)
+    g = jax.grad(lambda z: balance_loss(jax.nn.softmax(z), share, 1.0))(logits)
+    assert g[0] > 0 and g[1] < 0 and g[2] < 0  # descent lowers the busy expert's probability
+
+
+def test_left_padding_keeps_the_last_hidden_state():
+    model = _model()
+    params = _params(model)
+    short = jnp.array([[5, 6, 7]])
+    padded = jnp.array([[0, 0, 0, 0, 0, 5, 6, 7]])
+    a, _ = model.apply({"params": params}, short)
+    b, _ = model.apply({"params": params}, padded)
+    np.testing.assert_allclose(a[:, -1], b[:, -1], rtol=1e-5, atol=1e-5)

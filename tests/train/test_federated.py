@@ -1,0 +1,254 @@
+"""The federated trainer (u2qt/train/federated.py) around the unchanged train step: FedAvg,
+per-expert averaging, private state that never reaches the server, resume equality, learning."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from u2qt import config as config_lib
+
+TYPES, BLOCK = 4, 10  # users of type t touch only the items of block t
+ITEMS = TYPES * BLOCK
+
+
+def _typed_users(root, users=120, length=10, seed=0):
+    """Each user walks their type's block of 10 items in a fixed cycle from a random start: the
+    next item is learnable from the last one (an untrained model ranks it ~at random)."""
+    rng = np.random.default_rng(seed)
+    path = os.path.join(root, "typed")
+    os.makedirs(path, exist_ok=True)
+    kinds, starts = rng.integers(0, TYPES, users), rng.integers(0, BLOCK, users)
+    inter = {f"u{u}": [str(k * BLOCK + (s + j) % BLOCK) for j in range(length)]
+             for u, (k, s) in enumerate(zip(kinds, starts))}
+    json.dump(inter, open(os.path.join(path, "Typed.inter.json"), "w"))
+    json.dump({str(i): {"title": f"thing {i}"} for i in range(ITEMS)}, open(os.path.join(path, "Typed.item.json"), "w"))
+    return path
+
+
+def _config(data, variant="beauty,runlocal", **overrides):
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "federated.py") + ":" + variant)
+    overrides = {"data.path": data, "data.max_history": 8, "model.dropout": 0.0, **overrides}
+    for key, value in overrides.items():
+        config_lib.apply_override(cfg, key, value if isinstance(value, str) else repr(value))
+    return cfg
+
+
+def _setup(cfg, tmp_path):
+    """(task, tx, part, server, store, data, weights, constants) as the trainer builds them."""
+    from u2qt.tasks.federated import FederatedRecTask
+    from u2qt.train import federated as fed
+    from u2qt.train.step import make_optimizer
+    cfg.train.steps = cfg.federated.rounds * cfg.federated.local_steps
+    task = FederatedRecTask(cfg, str(tmp_path / "cache"), log=lambda m: None)
+    data, weights = task.client_data()
+    tx = make_optimizer(cfg, task)
+    sample = {k: np.asarray(v[:1]) for k, v in task.examples.items() if k in task.model_keys}
+    server, store, part = fed.initial_federation(task, tx, cfg, sample, task.constants, task.num_clients + 1)
+    constants = {k: jnp.asarray(v) for k, v in task.constants.items()}
+    return task, tx, part, server, store, {k: jnp.asarray(v) for k, v in data.items()}, jnp.asarray(weights), constants
+
+
+def _round(task, tx, cfg, part, clients, chunk, rows):
+    from u2qt.train import federated as fed
+    from u2qt.train.sharding import Placement
+    sizes = {"clients_per_round": clients, "chunk": chunk, "rows": rows}
+    return jax.jit(fed.make_round(task, tx, cfg, part, Placement(chunk), sizes))
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    """MRFF on typed users, every client in the round: the setup, the compiled round, and each
+    client's own local training (vmapped over all clients, as the round runs it)."""
+    from u2qt.train import federated as fed
+    from u2qt.train.step import make_train_step
+    tmp_path = tmp_path_factory.mktemp("fed")
+    cfg = _config(_typed_users(str(tmp_path)), "beauty,mrff,runlocal",
+                  **{"federated.client_fraction": 1.0, "model.seq_layers": 1})
+    task, tx, part, server, store, data, weights, constants = _setup(cfg, tmp_path)
+    n = task.num_clients
+    round_fn = _round(task, tx, cfg, part, n, n, data["inputs"].shape[1])
+    train = fed.local_training(make_train_step(task, tx, cfg), cfg, data["inputs"].shape[1])
+
+    @jax.jit
+    def local(server, store, data):
+        """Each client's leaves after its local training from ``server`` and its store row, and its route."""
+        consts = dict(constants, route_share=server["route_share"])
+        ids = jnp.arange(n)
+        keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.key(0), c))(ids)
+        final, _ = jax.vmap(train, in_axes=(0, 0, None, 0))(fed.client_states(part, server, store, ids), data, consts, keys)
+        return (part.leaves({"params": final["params"], "opt_state": final["opt_state"]}),
+                jax.vmap(task.route)(final["params"]))
+
+    def run_round(server, store, data, weights):
+        return round_fn(jax.tree.map(jnp.copy, server), jax.tree.map(jnp.copy, store), data, weights,
+                        jnp.arange(n, dtype=jnp.int32), constants)
+
+    return dict(cfg=cfg, task=task, part=part, server=server, store=store, data=data, weights=weights,
+                run_round=run_round, local=local)
+
+
+def test_fedavg_of_identical_client_updates_equals_the_single_client_update(fed):
+    part, server, store = fed["part"], fed["server"], fed["store"]
+    # Every client holds client 0's rows and private leaves: the same update from the same start.
+    same = {k: jnp.broadcast_to(v[:1], v.shape) for k, v in fed["data"].items()}
+    same_store = {k: jnp.broadcast_to(v[:1], v.shape) for k, v in store.items()}
+    single, _ = fed["local"](server, same_store, same)
+    new, new_store, _ = fed["run_round"](server, same_store, same, fed["weights"] * 0 + 3.0)
+    moved = 0
+    for n in new["leaves"]:
+        want = single[n][0]
+        if n in part.where(("group",)):  # only the routed expert moved the same way in every client
+            k = int(np.argmax(np.asarray(new["route_share"])))
+            want, got, before = want[k], new["leaves"][n][k], server["leaves"][n][k]
+        else:
+            got, before = new["leaves"][n], server["leaves"][n]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=n)
+        moved += not np.array_equal(got, before)
+    assert moved > 10 and int(new["round"]) == 1 and int(new["step"]) == fed["cfg"].federated.local_steps
+    for n in new_store:
+        np.testing.assert_allclose(new_store[n][:5], single[n][:5], rtol=1e-5, atol=1e-6, err_msg=n)
+
+
+def test_a_group_expert_is_averaged_only_over_the_clients_routed_to_it(fed):
+    part, task = fed["part"], fed["task"]
+    leaves = dict(fed["server"]["leaves"])
+    # The gate routes by the sign of u[0]: expert 0 for u[0] = +5, expert 1 for u[0] = -5.
+    g0, g1 = "params.gate.Dense_0", "params.gate.Dense_1"
+    leaves[f"{g0}.kernel"] = jnp.zeros_like(leaves[f"{g0}.kernel"]).at[0, 0].set(1.0)
+    leaves[f"{g0}.bias"] = jnp.zeros_like(leaves[f"{g0}.bias"])
+    leaves[f"{g1}.kernel"] = jnp.zeros_like(leaves[f"{g1}.kernel"]).at[0].set(jnp.array([10.0, -10.0]))
+    leaves[f"{g1}.bias"] = jnp.array([-1.0, 1.0])
+    server = dict(fed["server"], leaves=leaves)
+    user = "params.user_embedding"
+    store = fed["store"]
+    sign = jnp.where(jnp.arange(store[user].shape[0]) % 3 == 0, 5.0, -5.0)  # a third on expert 0
+    store = dict(store, **{user: store[user].at[:, 0].set(sign)})
+    after, routes = fed["local"](server, store, fed["data"])
+    routes = np.asarray(routes)
+    n_clients = task.num_clients
+    assert (routes == (np.arange(n_clients) % 3 != 0)).all()
+    w = np.asarray(fed["weights"])
+    new, new_store, metrics = fed["run_round"](server, store, fed["data"], fed["weights"])
+    group = part.where(("group",))
+    assert any(".mu." in n for n in group) and any(n.startswith("params.") for n in group)
+    for n in group:
+        x = np.asarray(after[n])
+        for k in (0, 1):
+            on = routes == k
+            # The weighted mean over the routed clients only; the others' copies of expert k
+            # (moved by weight decay) do not count.
+            want = np.tensordot(w[on], x[on, k], 1) / w[on].sum()
+            np.testing.assert_allclose(new["leaves"][n][k], want, rtol=1e-5, atol=1e-7, err_msg=f"{n}[{k}]")
+            if n.startswith("params.") and n.endswith("w_in"):
+                over_all = np.tensordot(w, x[:, k], 1) / w.sum()
+                assert not np.allclose(over_all, want, rtol=0, atol=1e-7)  # the rule is what decides
+    np.testing.assert_allclose(new["route_share"], [np.mean(routes == 0), np.mean(routes == 1)])
+    assert float(metrics["experts_used"]) == 2.0
+    for c in (0, 1, 5):  # private leaves went back to each client's own row
+        np.testing.assert_allclose(new_store[user][c], after[user][c], rtol=1e-6, atol=1e-7)
+
+
+def test_an_expert_no_client_is_routed_to_stays_as_it_was(fed):
+    leaves = dict(fed["server"]["leaves"])
+    leaves["params.gate.Dense_1.bias"] = jnp.array([50.0, -50.0])  # everyone on expert 0
+    server = dict(fed["server"], leaves=leaves)
+    new, _, metrics = fed["run_round"](server, fed["store"], fed["data"], fed["weights"])
+    for n in fed["part"].where(("group",)):
+        np.testing.assert_array_equal(new["leaves"][n][1], server["leaves"][n][1], err_msg=n)
+        assert not np.array_equal(new["leaves"][n][0], server["leaves"][n][0]), n
+    assert float(metrics["experts_used"]) == 1.0
+
+
+def test_message_and_server_never_hold_private_leaves(fed):
+    from u2qt.train import federated as fedlib
+    part, server, store = fed["part"], fed["server"], fed["store"]
+    private = set(part.where(("private",)))
+    assert {"params.user_embedding"} < private and any("private_expert" in n for n in private)
+    assert any(".mu." in n and "private_expert" in n for n in private)  # their Adam moments too
+    for dp in (False, True):
+        sent = fedlib.message_names(part, dp)
+        assert sent and not private & set(sent)
+        assert any("group_expert" in n for n in sent) and any("id_embedding" in n for n in sent)
+    assert not private & set(server["leaves"]) and set(store) == private
+
+
+def test_clients_are_users_random_groups_or_an_attribute():
+    from u2qt.tasks.federated import group_users
+    np.testing.assert_array_equal(group_users(5, "user"), np.arange(5))
+    groups = group_users(23, "random", group_size=5, seed=1)
+    assert sorted(np.bincount(groups).tolist()) == [3, 5, 5, 5, 5]
+    assert not np.array_equal(groups, np.arange(23) // 5)  # shuffled
+    np.testing.assert_array_equal(group_users(4, "attribute", attribute=np.array(["M", "F", "M", "F"])), [1, 0, 1, 0])
+
+
+def test_dp_clips_each_client_update_and_fedavg_sasrec_has_no_private_leaves(tmp_path):
+    from u2qt.train import federated as fedlib
+    clip = 1e-3
+    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,fedavg,runlocal",
+                  **{"federated.client_fraction": 1.0, "federated.dp_clip": clip, "model.seq_layers": 1,
+                     "train.lr": 1e-2, "train.warmup_steps": 0})
+    task, tx, part, server, store, data, weights, constants = _setup(cfg, tmp_path)
+    assert store == {} and not part.where(("private", "group"))
+    sent = fedlib.message_names(part, dp=True)
+    assert sent == part.where(("shared",), ("param",))  # no moments under DP
+    round_fn = _round(task, tx, cfg, part, task.num_clients, 16, data["inputs"].shape[1])
+    new, _, _ = round_fn(jax.tree.map(jnp.copy, server), store, data, weights,
+                         jnp.arange(task.num_clients, dtype=jnp.int32), constants)
+    norm = np.sqrt(sum(np.sum((np.asarray(new["leaves"][n]) - np.asarray(server["leaves"][n])) ** 2) for n in sent))
+    # A mean of updates clipped to `clip` has norm <= clip; unclipped, lr 1e-2 moves far more.
+    assert 0.1 * clip < norm <= clip * (1 + 1e-4), norm
+    for n in part.where(("shared",), ("moment",)):  # the server's moments stay without DP-protected moments
+        np.testing.assert_array_equal(new["leaves"][n], server["leaves"][n])
+
+
+@pytest.mark.heavy
+def test_federated_run_private_state_stays_out_of_the_server_checkpoint_and_resume_equals_uninterrupted(
+        tmp_path, compile_cache):
+    import orbax.checkpoint as ocp
+    from u2qt.train.loop import run  # the loop dispatches a config with a federated family
+    data = _typed_users(str(tmp_path), users=60)
+    small = {"federated.client_fraction": 0.2, "model.seq_layers": 1}
+    cfg = _config(data, "beauty,mrff,runlocal", **small)
+    whole = run(cfg, str(tmp_path / "whole"))
+    assert whole["rounds"] == 4 and whole["clients_per_round"] == 12 and whole["bytes_up_per_round"] > 0
+    halted = run(_config(data, "beauty,mrff,runlocal", **small, **{"train.halt_after_step": 2}), str(tmp_path / "split"))
+    assert halted == {"halted_at": 2}
+    resumed = run(cfg, str(tmp_path / "split"))
+    assert resumed["test"] == whole["test"]
+    for name in ("server", "clients"):
+        a = ocp.StandardCheckpointer().restore(str(tmp_path / "whole" / "checkpoints" / "4" / name))
+        b = ocp.StandardCheckpointer().restore(str(tmp_path / "split" / "checkpoints" / "4" / name))
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+    # The server's checkpoint item: no private leaf, nothing stacked over clients.
+    server = ocp.StandardCheckpointer().restore(str(tmp_path / "whole" / "checkpoints" / "4" / "server"))
+    clients = ocp.StandardCheckpointer().restore(str(tmp_path / "whole" / "checkpoints" / "4" / "clients"))
+    rows = next(iter(clients.values())).shape[0]
+    assert set(clients) and all("user_embedding" in n or "private_expert" in n for n in clients)
+    for n, v in server["leaves"].items():
+        assert "user_embedding" not in n and "private_expert" not in n, n
+        assert v.ndim == 0 or v.shape[0] != rows, n
+    assert os.path.exists(tmp_path / "whole" / "training.png")
+    rows = [json.loads(line) for line in open(tmp_path / "whole" / "metrics.jsonl")]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == [2, 4] and all(r["bytes_up"] > 0 and r["clients"] == 12 for r in train)
+
+
+@pytest.mark.heavy
+def test_trained_mrff_beats_the_untrained_model(tmp_path, compile_cache):
+    from u2qt.train import federated as fed
+    data = _typed_users(str(tmp_path), users=160)
+    cfg = _config(data, "beauty,mrff,runlocal", **{
+        "federated.client_fraction": 0.5, "federated.rounds": 12, "federated.local_steps": 2, "train.lr": 1e-2,
+        "train.warmup_steps": 2, "train.log_every": 6, "train.eval_every": 12, "train.checkpoint_every": 12,
+        "model.seq_layers": 1})
+    trained = fed.run(cfg, str(tmp_path / "trained"))["test"]
+    # The same federation before any round (the trainer's initial server state and client store).
+    task, _, part, server, store, *_ = _setup(cfg.copy_and_resolve_references(), tmp_path)
+    untrained = task.report(fed.eval_params(part, server, store, task.num_clients), {})
+    # The next item is one of the 10 of the user's block, among 40: untrained ranks it ~at random.
+    assert trained["Recall@10"] >= untrained["Recall@10"] + 0.3, (trained, untrained)
+    assert trained["NDCG@10"] >= untrained["NDCG@10"] + 0.2, (trained, untrained)

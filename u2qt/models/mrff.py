@@ -1,0 +1,155 @@
+"""MRFF (arXiv 2412.16969, AAAI-25): multifaceted user modelling for federated recommendation.
+A SASRec backbone (``u2qt/models/sasrec.py``: the same item representation, causal mask, position
+embeddings counted from the right and item logits) whose every block's feed-forward is the sum of
+  - a group expert: K experts shared across clients; a gating network G routes each CLIENT top-1
+    from its private user embedding u (every row of a client goes to the same expert), and
+  - a private user expert: a small feed-forward that belongs to one client and never leaves it.
+
+The equations, in one place (per block l, pre-LayerNorm, residual):
+    p = G(u) = softmax(MLP_gate(u))                         route probabilities  [K]
+    k* = argmax_k p_k                                       top-1 route of the client
+    h = x + Attn(LN_1(x))
+    y = LN_2(h)
+    x' = h + p_k* · E^g_k*(y) + E^p(y)                      group expert + private user expert
+    L_bal = α · K · Σ_k f_k · p_k                           balance loss
+where E(y) = W_2 gelu(W_1 y + b_1) + b_2, and f_k is the share of the clients routed to expert k in
+the previous round (a constant here: the server's count, ``route_share``). The scale p_k* lets the
+recommendation loss train the gate (Switch-Transformer style).
+
+Which parameters are whose (``parameter_role``): "private" = the user embedding u and every block's
+private expert; "group" = the stacked group experts (expert axis first); "shared" = everything
+else (item and position embeddings, attention, LayerNorms, the gate). A federated trainer keeps
+private ones on the client, averages each group expert over the clients routed to it, and averages
+the shared ones over all clients (``u2qt/train/federated.py``).
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from u2qt.models.sasrec import attention_mask, item_logits, represent_items
+from u2qt.nn.layers import MLP, FeedForward
+
+PRIVATE_NAMES = ("user_embedding", "private_expert")
+GROUP_NAMES = ("group_expert",)
+ROLES = ("shared", "group", "private")
+
+
+def parameter_role(path: tuple[str, ...]) -> str:
+    """The role of the parameter at ``path`` (its key names): "private", "group" or "shared"."""
+    if any(name in PRIVATE_NAMES for name in path):
+        return "private"
+    if any(name in GROUP_NAMES for name in path):
+        return "group"
+    return "shared"
+
+
+def route(probs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Top-1 route: (k* = argmax p, p_k*) of the route probabilities p [K]."""
+    k = jnp.argmax(probs, axis=-1)
+    return k, jnp.take_along_axis(probs, k[..., None], -1)[..., 0]
+
+
+def balance_loss(probs: jax.Array, share: jax.Array, alpha: float) -> jax.Array:
+    """L_bal = α · K · Σ_k f_k · p_k (f: share of clients on each expert, a constant)."""
+    return alpha * probs.shape[-1] * jnp.sum(jax.lax.stop_gradient(share) * probs, axis=-1)
+
+
+def expert_ffn(w: dict, y: jax.Array, dropout: nn.Dropout, deterministic: bool) -> jax.Array:
+    """E(y) = W_2 gelu(W_1 y + b_1) + b_2 of one expert's weights."""
+    h = dropout(nn.gelu(y @ w["w_in"] + w["b_in"]), deterministic=deterministic)
+    return h @ w["w_out"] + w["b_out"]
+
+
+class GroupExperts(nn.Module):
+    """K feed-forward experts stacked on a leading axis; only the routed one is computed."""
+    experts: int
+    dim: int
+    hidden: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, y, k, scale, deterministic: bool):
+        K, d, h = self.experts, self.dim, self.hidden
+        init = nn.initializers.lecun_normal(batch_axis=(0,))
+        w = {"w_in": self.param("w_in", init, (K, d, h)), "b_in": self.param("b_in", nn.initializers.zeros, (K, h)),
+             "w_out": self.param("w_out", init, (K, h, d)), "b_out": self.param("b_out", nn.initializers.zeros, (K, d))}
+        chosen = jax.tree.map(lambda a: a[k], w)  # a dynamic slice: the gradient reaches expert k* only
+        return scale * expert_ffn(chosen, y, nn.Dropout(self.dropout), deterministic)
+
+
+class MRFFBlock(nn.Module):
+    dim: int
+    num_heads: int
+    experts: int
+    private_hidden: int
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, k, scale, mask, deterministic: bool):
+        h = nn.LayerNorm()(x)
+        h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=self.dim,
+                                            dropout_rate=self.dropout, deterministic=deterministic)(h, h, mask=mask)
+        x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        y = nn.LayerNorm()(x)
+        group = GroupExperts(self.experts, self.dim, 4 * self.dim, self.dropout, name="group_expert")(
+            y, k, scale, deterministic)
+        private = FeedForward(self.dim, self.private_hidden, self.dropout, name="private_expert")(y, deterministic)
+        return x + nn.Dropout(self.dropout)(group + private, deterministic=deterministic)
+
+
+class MRFF(nn.Module):
+    """Hidden states [B, T, d] of one client's left-padded item sequences [B, T] (T <= max_len),
+    with the client's route probabilities p [K]. Items are ID embeddings (SASRec mode "id")."""
+    num_items: int
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    max_len: int = 50
+    experts: int = 4
+    private_hidden: int = 16
+    gate_hidden: int = 32
+
+    def setup(self):
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
+        init = nn.initializers.normal(0.02)
+        d = self.d_model
+        self.id_embedding = self.param("id_embedding", init, (self.num_items + 1, d))
+        self.position_embedding = self.param("position_embedding", init, (self.max_len, d))
+        self.user_embedding = self.param("user_embedding", nn.initializers.normal(1.0), (d,))
+        self.gate = MLP((self.gate_hidden, self.experts))
+        self.blocks = [MRFFBlock(d, self.num_heads, self.experts, self.private_hidden, self.dropout)
+                       for _ in range(self.num_layers)]
+        self.input_dropout = nn.Dropout(self.dropout)
+        self.final_norm = nn.LayerNorm()
+
+    def route_probs(self) -> jax.Array:
+        """p = G(u) [K]."""
+        return jax.nn.softmax(self.gate(self.user_embedding))
+
+    def item_table(self) -> jax.Array:
+        return represent_items(jnp.arange(self.num_items + 1), "id", self.id_embedding)
+
+    def __call__(self, items: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        length = items.shape[-1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+        probs = self.route_probs()
+        k, scale = route(probs)
+        valid = (items > 0)[..., None]
+        x = represent_items(items, "id", self.id_embedding) * self.d_model ** 0.5
+        x = (x + self.position_embedding[self.max_len - length:]) * valid
+        x = self.input_dropout(x, deterministic=not train)
+        mask = attention_mask(items)
+        for block in self.blocks:
+            x = block(x, k, scale, mask, deterministic=not train)
+        return self.final_norm(x) * valid, probs
+
+
+def mrff_scores(params, history: jax.Array, model: MRFF) -> jax.Array:
+    """Scores [B, I + 1] of every item as the next one after a client's left-padded history [B, T]."""
+    hidden, _ = model.apply({"params": params}, history)
+    return item_logits(hidden[:, -1], model.apply({"params": params}, method=MRFF.item_table))
