@@ -13,10 +13,20 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from u2qt.errors import STORAGE_ERRNOS, NonFiniteError, WorkdirError
+from u2qt.train.workdir import run_once_options
 
 
-@jax.jit
 def _all_finite(tree) -> jax.Array:
+    global _all_finite_jit
+    if _all_finite_jit is None:  # made on first use: the options depend on the backend
+        _all_finite_jit = jax.jit(_all_finite_fn, compiler_options=run_once_options())
+    return _all_finite_jit(tree)
+
+
+_all_finite_jit = None
+
+
+def _all_finite_fn(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
               if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
@@ -34,6 +44,19 @@ def check_finite(state, step: int, last_saved: int | None) -> None:
                 else "no checkpoint was written")
         raise NonFiniteError(f"step {step}: the train state holds NaN/Inf, so it was not saved; {keep}. "
                              f"Lower train.lr or check the data")
+
+
+def due(done: int, last: int, train) -> bool:
+    """A checkpoint is written every ``train.checkpoint_every`` steps (rounds, for the federated
+    trainer), after the last one and where the run halts (``train.halt_after_step``)."""
+    return done % train.checkpoint_every == 0 or done == last or done == train.halt_after_step
+
+
+def halted(train, unit: str, writer, log) -> dict:
+    """The summary of a run stopped by ``train.halt_after_step`` after its checkpoint."""
+    log(f"halted after {unit} {train.halt_after_step} (config train.halt_after_step); rerun to resume")
+    writer.close()
+    return {"halted_at": train.halt_after_step}
 
 
 def manager(directory: str, keep: int) -> ocp.CheckpointManager:

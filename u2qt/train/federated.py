@@ -54,8 +54,8 @@ from u2qt.tasks.federated import key_names
 from u2qt.train import checkpoint, distributed, report
 from u2qt.train.sharding import Placement
 from u2qt.train.step import init_state, make_optimizer, make_train_step
-from u2qt.train.workdir import (MetricsWriter, check_config, check_data, data_fingerprint, has_checkpoint,
-                                lock_workdir, release_workdir, save_config)
+from u2qt.train.workdir import (MetricsWriter, check_data, data_fingerprint, open_workdir, run_once_options,
+                                save_config)
 
 
 def log(msg: str) -> None:
@@ -267,7 +267,7 @@ def initial_federation(task, tx, cfg, part_sample: dict, constants: dict, num_st
         own = part.leaves({"params": s["params"], "opt_state": s["opt_state"]})
         return {n: own[n] for n in private}
 
-    store = jax.jit(jax.vmap(client_private))(jnp.arange(num_store_rows)) if private else {}
+    store = jax.jit(jax.vmap(client_private), compiler_options=run_once_options())(jnp.arange(num_store_rows)) if private else {}
     K = max(task.num_experts, 1)
     server = {"leaves": {n: v for n, v in leaves.items() if n not in private},
               "step": jnp.zeros((), jnp.int32), "round": jnp.zeros((), jnp.int32),
@@ -321,15 +321,10 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     config_lib.validate(cfg, defaults.CONSTRAINTS, defaults.cross_key_problems)
     f = cfg.federated
     cfg.train.steps = f.rounds * f.local_steps  # the clients' optimizer schedule, saved with the config
-    check_config(cfg, workdir)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
     if jax.process_count() > 1:
         raise ConfigError("the federated trainer runs in one process (its devices shard the clients)")
-    os.makedirs(workdir, exist_ok=True)
-    scope.callback(release_workdir, lock_workdir(workdir))
+    resuming = open_workdir(cfg, workdir, scope)
     t_start = time.time()
-    resuming = has_checkpoint(workdir)
     task = make_task(cfg, cfg.data.cache_dir or os.path.join(workdir, "cache"), log)
     if not hasattr(task, "client_data"):
         raise ConfigError(f"config task={cfg.task!r} has no clients; the federated family needs task='federated'")
@@ -420,7 +415,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
                                      if 'experts_used' in m else "")))
         if done % cfg.train.eval_every == 0 or done == rounds:
             evaluate(server, store, done, writer)
-        if done % cfg.train.checkpoint_every == 0 or done == rounds or done == cfg.train.halt_after_step:
+        if checkpoint.due(done, rounds, cfg.train):
             checkpoint.check_finite({"server": server["leaves"], "clients": store}, done, mngr.latest_step())
             save(mngr, done, server, store)
         if done == cfg.train.halt_after_step:
@@ -429,9 +424,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     mngr.wait_until_finished()
     progress.close()
     if halted:
-        log(f"halted after round {cfg.train.halt_after_step} (config train.halt_after_step); rerun to resume")
-        writer.close()
-        return {"halted_at": cfg.train.halt_after_step}
+        return checkpoint.halted(cfg.train, "round", writer, log)
 
     # ------------------------------------------------------------------ report
     summary = {"test": task.report(eval_params(part, server, store, N), constants)}

@@ -27,7 +27,7 @@ import numpy as np
 from u2qt import config as config_lib
 from u2qt import defaults
 from u2qt import files
-from u2qt.errors import NonFiniteError, WorkdirError
+from u2qt.errors import NonFiniteError
 from u2qt.progress import Progress, on_terminal
 from u2qt.data.pipeline import make_train_iterator
 from u2qt.data.tfds_builder import build_data_source, examples_fingerprint
@@ -37,8 +37,8 @@ from u2qt.train import checkpoint, distributed, report
 from u2qt.train.codebooks import CodebookHook
 from u2qt.train.sharding import Placement
 from u2qt.train.step import init_state, make_optimizer, make_train_step, resolve_epochs
-from u2qt.train.workdir import (MetricsWriter, check_config, check_data, data_fingerprint, has_checkpoint,
-                                lock_workdir, release_workdir, save_config)
+from u2qt.train.workdir import (MetricsWriter, check_data, data_fingerprint, open_workdir, run_once_options,
+                                save_config)
 
 IN_FLIGHT = 2  # train steps queued ahead of the host
 
@@ -87,16 +87,11 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         raise config_lib.ConfigError(
             f"config train.batch_size={cfg.train.batch_size} must be a multiple of the {placement.data} devices "
             f"of the mesh's data axis")
-    check_config(cfg, workdir)  # reads only: checkpoints of another config are refused before data are read
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise WorkdirError(f"--workdir {workdir} is a file, not a directory")
-    os.makedirs(workdir, exist_ok=True)
     # Each step that writes the workdir or a cache runs on process 0 first; the others wait for it
     # and stop with its error if it fails.
-    distributed.main_first(lambda: scope.callback(release_workdir, lock_workdir(workdir)), others=False)
+    resuming = open_workdir(cfg, workdir, scope)
     cache_dir = cfg.data.cache_dir or os.path.join(workdir, "cache")
     t_start = time.time()
-    resuming = has_checkpoint(workdir)  # before any process can write one
     task = distributed.main_first(lambda: make_task(cfg, cache_dir, log), others=True)  # fills the text caches once
     examples_hash = examples_fingerprint(task.examples)  # the workdir's record, and the streamed files' key
 
@@ -149,7 +144,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     # Parameters replicated, but for the large tables that the rules split over "model"; the
     # optimizer moments and best-so-far copies follow their parameter (u2qt/train/sharding.py).
     state_shardings = placement.state_shardings(abstract, log)
-    state = jax.jit(init, out_shardings=state_shardings)(root_key)
+    # Runs once: compiled for compile time, not run time (u2qt/train/workdir.py).
+    state = jax.jit(init, out_shardings=state_shardings, compiler_options=run_once_options())(root_key)
     placement.check_state(state, "the initial train state")
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     log(f"model: {num_params:,} parameters on {len(devices)} {devices[0].platform} device(s)"
@@ -252,7 +248,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
                 log(progress.line(f"loss {m['loss']:.4f}, {m['rows_per_s']:,.0f} {getattr(task, 'row_kind', 'row')}s/s"))
         if done % cfg.train.eval_every == 0 or done == steps:
             state = evaluate(state, done, writer)
-        if done % cfg.train.checkpoint_every == 0 or done == steps or done == cfg.train.halt_after_step:
+        if checkpoint.due(done, steps, cfg.train):
             checkpoint.check_finite(state, done, mngr.latest_step())  # a poisoned state is never saved
             checkpoint.save(mngr, done, state, train_iter, force=True)
         if done == cfg.train.halt_after_step:
@@ -261,9 +257,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     mngr.wait_until_finished()
     progress.close()
     if halted:
-        log(f"halted after step {cfg.train.halt_after_step} (config train.halt_after_step); rerun to resume")
-        writer.close()
-        return {"halted_at": cfg.train.halt_after_step}
+        return checkpoint.halted(cfg.train, "step", writer, log)
 
     # ------------------------------------------------------------------ report
     params = state["params"]
