@@ -1,7 +1,10 @@
 """Training on several processes (JAX's multi-controller runtime; gloo collectives between CPU
 processes): 2 processes × 4 CPU devices train a tokenizer and a recommender, halt, resume from
 their checkpoints and end with the parameters and outputs of 1 process × 8 devices; only process
-0 writes the workdir's files, and each process reads only its own rows of every batch."""
+0 writes the workdir's files, and each process reads only its own rows of every batch. The
+two-process recommender runs on a mesh of data 4 × model 2 (its item table and output layer split
+by rows over "model" within each process, the data axis across both; u2qt/train/sharding.py), the
+one-process run on data 8 × model 1."""
 import collections
 import json
 import os
@@ -101,11 +104,14 @@ def test_two_processes_train_halt_resume_and_match_one_process(tmp_path, compile
                 f"--config.data.cache_dir={text_cache}", *COMMON, *extra]
 
     two, one = tmp_path / "two", tmp_path / "one"
+    # The recommender's tables split over a model axis of 2 (within each process; data across both).
+    split = {"tokenizer": [], "recommender": ["--config.mesh.model=2"]}
     halted = launch(tmp_path, "two_halted", 2,
-                    [command(k, two / k, f"--config.train.halt_after_step={HALT}") for k in RUNS])
+                    [command(k, two / k, f"--config.train.halt_after_step={HALT}", *split[k]) for k in RUNS])
     resumed = launch(tmp_path, "two_resumed", 2,
-                     [command(k, two / k, f"--config.train.halt_after_step={HALT}") for k in RUNS])
+                     [command(k, two / k, f"--config.train.halt_after_step={HALT}", *split[k]) for k in RUNS])
     launch(tmp_path, "one", 1, [command(k, one / k) for k in RUNS])
+    assert "8 cpu device(s) of 2 processes, mesh data 4 × model 2" in (tmp_path / "record_two_halted" / "out_0.txt").read_text()
 
     # The same parameters (from the final checkpoints) and outputs. Both layouts run one program
     # over 8 devices on the same global batches in the same order; only the all-reduce of the
