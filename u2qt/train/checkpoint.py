@@ -5,6 +5,7 @@ killed mid-save leaves the previous checkpoint as the latest and nothing half-wr
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import grain
@@ -17,13 +18,12 @@ from u2qt.train.workdir import run_once_options
 
 
 def _all_finite(tree) -> jax.Array:
-    global _all_finite_jit
-    if _all_finite_jit is None:  # made on first use: the options depend on the backend
-        _all_finite_jit = jax.jit(_all_finite_fn, compiler_options=run_once_options())
-    return _all_finite_jit(tree)
+    return _all_finite_jitted()(tree)
 
 
-_all_finite_jit = None
+@functools.cache
+def _all_finite_jitted():  # made on first use: the options depend on the backend
+    return jax.jit(_all_finite_fn, compiler_options=run_once_options())
 
 
 def _all_finite_fn(tree) -> jax.Array:
