@@ -17,16 +17,12 @@ from u2qt.errors import STORAGE_ERRNOS, NonFiniteError, WorkdirError
 from u2qt.train.workdir import run_once_options
 
 
-def _all_finite(tree) -> jax.Array:
-    return _all_finite_jitted()(tree)
-
-
 @functools.cache
-def _all_finite_jitted():  # made on first use: the options depend on the backend
-    return jax.jit(_all_finite_fn, compiler_options=run_once_options())
+def _compiled_all_finite():  # made on first use: the options depend on the backend
+    return jax.jit(_all_finite, compiler_options=run_once_options())
 
 
-def _all_finite_fn(tree) -> jax.Array:
+def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
               if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
@@ -39,7 +35,7 @@ def check_finite(state, step: int, last_saved: int | None) -> None:
     starts at -inf before the first evaluation (a sentinel, not a poisoned value) and is skipped."""
     if "best" in state:
         state = dict(state, best={k: v for k, v in state["best"].items() if k != "value"})
-    if not bool(_all_finite(state)):
+    if not bool(_compiled_all_finite()(state)):
         keep = (f"the checkpoint of step {last_saved} stays the resume point" if last_saved is not None
                 else "no checkpoint was written")
         raise NonFiniteError(f"step {step}: the train state holds NaN/Inf, so it was not saved; {keep}. "
