@@ -84,6 +84,7 @@ def _quantizer(c: ml_collections.ConfigDict) -> None:
     q.kmeans_at_step = 150  # ... at this step: the encoders warm up unquantized before it
     q.kmeans_rows = 4096  # rows (users or items) encoded for the k-means initialisation
     q.kmeans_iters = 25
+    q.health_rows = 1_000_000  # rows encoded for code health at each evaluation (the first ones; 0 = all)
     q.dead_code_fraction = 0.1  # a code is dead below this fraction of the mean usage
     q.usage_decay = 0.98  # EMA decay of per-step code counts
     q.reset_every = 50  # steps between dead-code resets (0 = never)
@@ -402,6 +403,7 @@ CONSTRAINTS = {
     "quantizer.entropy_weight": _AT_LEAST_0,
     "quantizer.entropy_temperature": (lambda v: v > 0, "> 0"),
     "quantizer.kmeans_rows": _INT_AT_LEAST_1,
+    "quantizer.health_rows": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     "quantizer.dead_code_fraction": _PROBABILITY,
     "quantizer.reset_every": _AT_LEAST_0,
     "quantizer.reset_until": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),

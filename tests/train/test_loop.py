@@ -111,6 +111,63 @@ def test_killed_and_resumed_run_ends_with_the_same_parameters(tmp_path, finished
     np.testing.assert_allclose(a_repr, b_repr, rtol=1e-5, atol=1e-5)
 
 
+def test_an_end_of_run_killed_between_export_parts_resumes_at_the_next_part(tmp_path, finished_run, monkeypatch):
+    """The export encodes part by part; a kill after two parts leaves them, the same command
+    encodes only the rest, and the files equal those of the run that exported in one part."""
+    import shutil
+    from u2qt.train import codebooks
+    workdir, summary = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("run.lock"))
+    for name in ("semantic_ids.parquet", "codebooks.npz", "representations.npy", "summary.json"):
+        os.remove(copy / name)
+    monkeypatch.setattr(codebooks.CodebookHook, "EXPORT_ROWS", 96)  # 400 users: 5 parts
+    write, encoded = codebooks._write_part, []
+
+    def killed_after_two(directory, i, arrays):
+        if len(encoded) == 2:
+            raise KeyboardInterrupt  # as a kill between parts
+        write(directory, i, arrays)
+        encoded.append(i)
+    monkeypatch.setattr(codebooks, "_write_part", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(runlocal(), copy)
+    assert sorted(os.listdir(copy / codebooks.PARTS_DIR)) == ["key", "part_00000.npz", "part_00001.npz"]
+    assert not os.path.exists(copy / "semantic_ids.parquet")
+
+    def counted(directory, i, arrays):
+        write(directory, i, arrays)
+        encoded.append(i)
+    monkeypatch.setattr(codebooks, "_write_part", counted)
+    resumed = train(runlocal(), copy)
+    assert encoded == [0, 1, 2, 3, 4]  # parts 0 and 1 were not encoded again
+    assert not os.path.exists(copy / codebooks.PARTS_DIR)
+    pd.testing.assert_frame_equal(pd.read_parquet(copy / "semantic_ids.parquet"),
+                                  pd.read_parquet(workdir / "semantic_ids.parquet"))
+    np.testing.assert_allclose(np.load(copy / "representations.npy"), np.load(workdir / "representations.npy"),
+                               rtol=1e-6, atol=1e-6)
+    assert resumed["collision_rate"] == summary["collision_rate"]
+    for view, s in summary["views"].items():
+        assert resumed["views"][view]["relative_quantization_error"] == pytest.approx(s["relative_quantization_error"], rel=1e-5)
+
+
+def test_export_parts_of_other_parameters_are_not_reused(tmp_path):
+    from u2qt.train import codebooks
+    books = {"shared": np.zeros((2, 4, 3), np.float32)}
+    key = codebooks._parts_key(books, 10, 4)
+    directory = str(tmp_path / codebooks.PARTS_DIR)
+    assert not codebooks._parts_done(directory, key, 3).any()
+    codebooks._write_part(directory, 0, {"codes.shared": np.zeros((4, 2), np.int32)})
+    assert codebooks._parts_done(directory, key, 3).tolist() == [True, False, False]
+    other = codebooks._parts_key({"shared": books["shared"] + 1}, 10, 4)
+    assert other != key and not codebooks._parts_done(directory, other, 3).any()
+    assert os.listdir(directory) == ["key"]
+    with open(codebooks._part_path(directory, 1), "wb") as f:
+        f.write(b"not an npz")
+    with pytest.raises(WorkdirError, match="part_00001.npz.*delete"):
+        codebooks._read_part(directory, 1)
+
+
 @pytest.mark.heavy
 def test_streamed_data_train_and_resume_exactly(tmp_path, compile_cache, capsys):
     """Data over ``data.device_mb`` stream through grain from array_record files (the path for

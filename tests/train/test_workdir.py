@@ -38,3 +38,17 @@ def test_a_config_saved_before_a_key_existed_resumes_with_the_key_s_old_meaning(
     del saved["mesh"]  # as written before mesh.model existed
     json.dump(saved, open(path, "w"))
     check_config(_config(), workdir)  # mesh.model=1 is what an absent key meant
+
+
+def test_the_code_health_sample_may_change_on_resume_even_when_the_saved_config_predates_it(tmp_path):
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "default.py"))
+    workdir = _finished(tmp_path, cfg)
+    path = os.path.join(workdir, "config.json")
+    saved = json.load(open(path))
+    del saved["quantizer"]["health_rows"]  # as written before the key existed
+    json.dump(saved, open(path, "w"))
+    config_lib.apply_override(cfg, "quantizer.health_rows", "100000")
+    check_config(cfg, workdir)
+    config_lib.apply_override(cfg, "quantizer.kmeans_rows", "100")
+    with pytest.raises(WorkdirError, match="quantizer.kmeans_rows"):
+        check_config(cfg, workdir)

@@ -106,10 +106,14 @@ def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.nd
     return out
 
 
-def in_order_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """All rows once, in order, in batches of exactly `batch_size`; the last one is padded with
-    zeros, and the boolean key `valid` marks the real rows (for export and evaluation)."""
+def in_order_batches(arrays: dict[str, np.ndarray], batch_size: int, start: int = 0,
+                     stop: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Rows [start, stop) (default: all) once, in order, in batches of exactly `batch_size`; the
+    last one is padded with zeros, and the boolean key `valid` marks the real rows (for export
+    and evaluation)."""
     n = len(next(iter(arrays.values())))
-    for start in range(0, n, batch_size):
-        yield _pad_batch({k: np.asarray(v[start:start + batch_size]) for k, v in arrays.items()}, batch_size)
+    stop = n if stop is None else min(stop, n)
+    for lo in range(start, stop, batch_size):
+        hi = min(lo + batch_size, stop)
+        yield _pad_batch({k: np.asarray(v[lo:hi]) for k, v in arrays.items()}, batch_size)
 

@@ -4,13 +4,22 @@ In the step (``upkeep``): an EMA of each stack's code counts, and every ``quanti
 steps (after the k-means step, before ``reset_until`` of training) codes whose usage fell below
 ``dead_code_fraction`` of the mean move onto residuals of the batch.
 Around the step (``CodebookHook``): the k-means initialisation of every stack at
-``quantizer.kmeans_at_step``, code health at each evaluation, and at the end the exported IDs
-(``semantic_ids.parquet``), ``codebooks.npz``, the continuous representations and the code part of
+``quantizer.kmeans_at_step``, code health at each evaluation (on the first
+``quantizer.health_rows`` rows), and at the end the exported IDs (``semantic_ids.parquet``),
+``codebooks.npz``, the continuous representations (``representations.npy``) and the code part of
 the summary.
+
+The end of a run encodes every row in parts of ``EXPORT_ROWS``, each written to
+``<workdir>/export.parts/`` as soon as it is encoded, so that a run killed there resumes at the
+next part (the parts are keyed by the final codebooks; other parameters start them afresh) and only
+codes, not residuals or representations, are held for all rows (residuals only when the task
+re-assigns codes: ``assign_ids``). The directory is removed once the files are written.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import time
 
 import jax
@@ -19,10 +28,14 @@ import numpy as np
 
 from u2qt import config as config_lib
 from u2qt.data.pipeline import in_order_batches
+from u2qt.errors import WorkdirError
 from u2qt.quant import codebooks as cb
 from u2qt.quant import residual as rq
 from u2qt.quant import stats
 from u2qt.quant.semantic_ids import FILENAME, SemanticIds
+from u2qt.train import distributed
+
+PARTS_DIR = "export.parts"
 
 
 def initial_usage(task, cfg) -> dict:
@@ -67,21 +80,17 @@ class CodebookHook:
         self._encode = jax.jit(task.encode)
         self._kmeans = jax.jit(cb.residual_kmeans, static_argnums=(1, 2), static_argnames=("iters", "implementation"))
 
-    def encode_rows(self, params, limit: int | None = None):
-        """Codes {view: [N, L]}, continuous vectors [N, D] and residuals {view: [N, L, D]} of
-        every row to tokenize (or the first ``limit``), in table order."""
+    def encode_rows(self, params, start: int = 0, stop: int | None = None):
+        """Codes {view: [N, L]}, continuous vectors [N, D] and residuals {view: [N, L, D]} of the
+        rows [start, stop) to tokenize (default: all), in table order."""
         codes, conts, res = [], [], []
-        seen = 0
         p = self.placement
-        for batch in in_order_batches(self.rows, self.encode_batch):
+        for batch in in_order_batches(self.rows, self.encode_batch, start, stop):
             valid = batch.pop("valid")
             c, h, r = self._encode(params, p.to_device(batch, self.rows, self.encode_batch), self.constants)
             codes.append({v: p.to_host(x)[valid] for v, x in c.items()})
             conts.append(p.to_host(h)[valid])
             res.append({v: p.to_host(x)[valid] for v, x in r.items()})
-            seen += int(valid.sum())
-            if limit and seen >= limit:
-                break
         join = lambda parts: {v: np.concatenate([q[v] for q in parts]) for v in self.task.stacks}
         return join(codes), np.concatenate(conts), join(res)
 
@@ -97,7 +106,7 @@ class CodebookHook:
         the encoders warm up unquantized, so the codebooks start where trained encodings are."""
         qc = self.cfg.quantizer
         t0 = time.time()
-        _, _, residuals = self.encode_rows(state["params"], limit=qc.kmeans_rows)
+        _, _, residuals = self.encode_rows(state["params"], stop=qc.kmeans_rows)
         books = self.task.codebooks(state["params"])
         key = jax.random.fold_in(jax.random.key(self.cfg.seed), 10_000_019)
         devices = len(self.placement.devices)
@@ -119,8 +128,9 @@ class CodebookHook:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, params) -> dict:
-        """Usage and perplexity of every level, and the primary view's collision rate."""
-        codes, _, _ = self.encode_rows(params)
+        """Usage and perplexity of every level, and the primary view's collision rate, of the first
+        ``quantizer.health_rows`` rows (0: all)."""
+        codes, _, _ = self.encode_rows(params, stop=self.cfg.quantizer.health_rows or None)
         first = next(iter(codes))
         out = {f"collision_rate_{first}": stats.collision_rate(codes[first])}
         for view, c in codes.items():
@@ -131,21 +141,57 @@ class CodebookHook:
         return out
 
     # ------------------------------------------------------------------ end of the run
-    def finish(self, params, workdir: str) -> tuple[dict, dict]:
-        """Encodes every row with the final parameters, turns the nearest codes into the exported
-        IDs (the task's ``assign_ids``, if any), writes them, and returns (summary part, codes)."""
+    EXPORT_ROWS = 1 << 18  # rows per part of the end-of-run export
+
+    def finish(self, params, workdir: str) -> tuple[dict, dict | None]:
+        """Encodes every row with the final parameters part by part (see the module docstring),
+        turns the nearest codes into the exported IDs (the task's ``assign_ids``, if any), writes
+        them, and returns (summary part, codes); ({}, None) on processes other than 0."""
         task = self.task
-        nearest, continuous, residuals = self.encode_rows(params)
         assign = getattr(task, "assign_ids", None)
-        exported = assign(params, nearest, residuals) if assign else nearest
         books = {v: self.placement.to_host(b) for v, b in task.codebooks(params).items()}  # whole, even if split
-        rel_err = {}
-        for view, r in residuals.items():
-            z = r[:, 0]
-            z_hat = np.asarray(rq.decode_codes(jnp.asarray(exported[view]), jnp.asarray(books[view])))
-            rel_err[view] = float(np.sum((z - z_hat) ** 2) / max(np.sum(z ** 2), 1e-12))
+        n = len(task.row_ids)
+        starts = list(range(0, n, self.EXPORT_ROWS))
+        directory = os.path.join(workdir, PARTS_DIR)
+        done = distributed.from_main(_parts_done(directory, _parts_key(books, n, self.EXPORT_ROWS), len(starts))
+                                     if distributed.is_main() else np.zeros(len(starts), bool))
+        if done.any():
+            self.log(f"export: {int(done.sum())} of {len(starts)} parts already encoded (kept from an interrupted end of run)")
+        t0, encoded = time.time(), 0
+        for i, start in enumerate(starts):
+            if done[i]:
+                continue
+            stop = min(n, start + self.EXPORT_ROWS)
+            nearest, continuous, residuals = self.encode_rows(params, start, stop)
+            part = {"continuous": continuous.astype(np.float32)}
+            for view, c in nearest.items():
+                part[f"codes.{view}"] = c
+                part[f"error.{view}"] = np.array(_squared_error(residuals[view][:, 0], c, books[view]))
+                if assign:
+                    part[f"residuals.{view}"] = residuals[view]
+            if distributed.is_main():
+                _write_part(directory, i, part)
+            encoded += stop - start
+            if len(starts) > 1:
+                self.log(f"export: part {i + 1}/{len(starts)} encoded ({stop:,} of {n:,} rows, "
+                         f"{encoded / max(time.time() - t0, 1e-9):,.0f} rows/s)")
+        if not distributed.is_main():
+            return {}, None
+
+        parts = [_read_part(directory, i, lambda k: k != "continuous") for i in range(len(starts))]
+        join = lambda name: {v: np.concatenate([q[f"{name}.{v}"] for q in parts]) for v in self.sizes}
+        nearest = join("codes")
+        if assign:
+            residuals = join("residuals")
+            exported = assign(params, nearest, residuals)
+            errors = {v: _squared_error(residuals[v][:, 0], exported[v], books[v]) for v in self.sizes}
+        else:
+            exported = nearest
+            errors = {v: tuple(np.sum([q[f"error.{v}"] for q in parts], 0)) for v in self.sizes}
+        rel_err = {v: float(num / max(den, 1e-12)) for v, (num, den) in errors.items()}
+        dim = _read_part(directory, 0, lambda k: k == "continuous")["continuous"].shape[1] if parts else 0
         table = SemanticIds(task.row_ids, exported, self.sizes, task.row_kind)
-        summary = summarize(exported, self.sizes, continuous.shape[1], rel_err, getattr(task, "labels", None),
+        summary = summarize(exported, self.sizes, dim, rel_err, getattr(task, "labels", None),
                             input_dim=getattr(task, "input_dim", None))
         summary["ids"] = {k: v for k, v in table.collision_stats().items()
                           if k not in ("collision_rate", "rows_sharing_codes")}
@@ -158,11 +204,81 @@ class CodebookHook:
             summary["ids"]["nearest_rows_sharing_codes"] = stats.rows_sharing_codes(nearest[first])
             summary["ids"]["nearest_distinct_ids"] = int(len(np.unique(nearest[first], axis=0)))
             summary["ids"]["moved_to_a_free_code"] = float(np.mean(np.any(exported[first] != nearest[first], 1)))
-        if jax.process_index() == 0:
-            table.write(os.path.join(workdir, FILENAME))
-            np.savez(os.path.join(workdir, "codebooks.npz"), **books)
-            np.save(os.path.join(workdir, "representations.npy"), continuous.astype(np.float32))
+        table.write(os.path.join(workdir, FILENAME))
+        np.savez(os.path.join(workdir, "codebooks.npz"), **books)
+        _write_representations(os.path.join(workdir, "representations.npy"), directory, len(starts), n, dim)
+        shutil.rmtree(directory)
         return summary, exported
+
+
+def _squared_error(z: np.ndarray, codes: np.ndarray, book: np.ndarray) -> tuple[float, float]:
+    """(Σ ‖z − ẑ‖², Σ ‖z‖²) of inputs z [N, D] and their decoded codes [N, L] (book [L, K, D])."""
+    z_hat = np.asarray(rq.decode_codes(jnp.asarray(codes), jnp.asarray(book)))
+    return float(np.sum((z - z_hat) ** 2)), float(np.sum(z ** 2))
+
+
+def _parts_key(books: dict, rows: int, part_rows: int) -> str:
+    """What the parts of an export belong to: the final codebooks (they change at every step, so
+    they tell the parameters apart), the number of rows and the rows per part."""
+    h = hashlib.sha256(f"{rows}/{part_rows}".encode())
+    for view, book in books.items():
+        h.update(view.encode())
+        h.update(np.ascontiguousarray(book).tobytes())
+    return h.hexdigest()
+
+
+def _parts_done(directory: str, key: str, count: int) -> np.ndarray:
+    """Which of ``count`` parts ``directory`` already holds for ``key``; a directory of other
+    parameters is emptied and labelled with ``key``."""
+    label = os.path.join(directory, "key")
+    try:
+        with open(label, encoding="utf-8") as f:
+            same = f.read() == key
+    except OSError:
+        same = False
+    if not same:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory)
+        with open(label, "w", encoding="utf-8") as f:
+            f.write(key)
+    return np.array([os.path.exists(_part_path(directory, i)) for i in range(count)])
+
+
+def _part_path(directory: str, i: int) -> str:
+    return os.path.join(directory, f"part_{i:05d}.npz")
+
+
+def _write_part(directory: str, i: int, arrays: dict) -> None:
+    """Whole or not at all: written beside, then renamed (a kill leaves no half part)."""
+    path = _part_path(directory, i)
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(path + ".tmp", path)
+
+
+def _read_part(directory: str, i: int, keep=lambda key: True) -> dict:
+    """The arrays of part ``i`` whose names ``keep`` accepts."""
+    path = _part_path(directory, i)
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files if keep(k)}
+    except (OSError, ValueError, EOFError, KeyError) as e:
+        raise WorkdirError(f"{path}: unreadable part of the end-of-run export ({e}); delete {directory} "
+                           f"and run the same command again to encode every row afresh") from None
+
+
+def _write_representations(path: str, directory: str, count: int, rows: int, dim: int) -> None:
+    """The continuous vectors [rows, dim] float32, copied part by part into a memory-mapped file
+    (never all in memory), written beside and renamed."""
+    out = np.lib.format.open_memmap(path + ".tmp.npy", mode="w+", dtype=np.float32, shape=(rows, dim))
+    at = 0
+    for i in range(count):
+        c = _read_part(directory, i, lambda k: k == "continuous")["continuous"]
+        out[at:at + len(c)] = c
+        at += len(c)
+    out.flush()
+    del out
+    os.replace(path + ".tmp.npy", path)
 
 
 def summarize(codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int], continuous_dim: int,

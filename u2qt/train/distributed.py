@@ -89,6 +89,15 @@ def to_host(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def from_main(x: np.ndarray) -> np.ndarray:
+    """Process 0's value of a small host array, on every process (decisions read from files
+    that only process 0 writes, so every process runs the same collectives)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(x)))
+
+
 _rounds = iter(range(1 << 62))
 
 

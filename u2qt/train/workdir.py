@@ -16,9 +16,10 @@ from u2qt.errors import WorkdirError
 from u2qt.train import distributed
 
 # Keys a resumed run may change: they do not change what is trained (mesh.model only lays the
-# same state out over the devices otherwise: a checkpoint restores onto any layout).
+# same state out over the devices otherwise: a checkpoint restores onto any layout;
+# quantizer.health_rows only sizes the code-health sample of each evaluation).
 RESUME_IGNORED = ("train.progress", "train.halt_after_step", "train.finetune_changed_data", "data.strict",
-                  "mesh.model")
+                  "mesh.model", "quantizer.health_rows")
 # Keys added after runs were saved without them: absent from a saved config means this value.
 ADDED_LATER = {"mesh.model": 1, "data.stream_chunk_users": 0}
 FINGERPRINT = "data_fingerprint.json"
