@@ -212,3 +212,65 @@ def test_latin1_is_read_when_the_config_says_so(tmp_path):
         read_table_dir(str(tmp_path))
     tables, _ = read_table_dir(str(tmp_path), encoding="latin-1")
     assert tables.users["city"].tolist() == ["Orléans", "Paris", "Nîmes", "Lyon"]
+
+
+# --- a directory read block by block (TableDirChunks, for data larger than memory) ---------------
+
+
+def _messy_dir(path, fmt="csv"):
+    """300 synthetic users whose events are in random order, plus what a real export holds: an
+    event of an unknown user, one written with leading zeros, one of an unknown item, a duplicate."""
+    from u2qt.data.synthetic import make_synthetic
+    t, _ = make_synthetic(300, 60, seed=3)
+    users = pd.concat([t.users, t.users.iloc[:1].assign(user_id="7")], ignore_index=True)
+    ev = t.events.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    extra = ev.iloc[:4].copy()
+    extra["user_id"] = ["nobody", "007", extra["user_id"].iloc[2], extra["user_id"].iloc[3]]
+    extra.loc[extra.index[2], "item_id"] = "no-such-item"
+    events = pd.concat([ev.iloc[:50], extra, ev.iloc[50:]], ignore_index=True)
+    os.makedirs(path, exist_ok=True)
+    for name, df in (("users", users), ("items", t.items), ("events", events)):
+        if fmt == "csv":
+            df.to_csv(os.path.join(path, f"{name}.csv"), index=False)
+        else:
+            df.to_parquet(os.path.join(path, f"{name}.parquet"), index=False, row_group_size=37)
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_blocks_of_a_directory_are_the_whole_read_cut_into_blocks(tmp_path, fmt):
+    from u2qt.data.load import _table_chunks
+    from u2qt.data.tables import TableDirChunks
+    path = _messy_dir(tmp_path / "data", fmt)
+    whole, report = read_table_dir(path)
+    assert report.events_unknown_user == 2 and report.events_unknown_item == 1 and report.events_duplicate == 1
+    assert any("leading zeros" in w for w in report.warnings)
+    scratch = str(tmp_path / "scratch")
+    blocks = TableDirChunks(path, 64, scratch, read_rows=97)  # batches that cut across blocks
+    got = list(blocks)
+    want = [t for t, _ in _table_chunks(whole, 64)]
+    assert len(got) == len(want) == 5
+    for a, b in zip(got, want):
+        pd.testing.assert_frame_equal(a.users, b.users.reset_index(drop=True))
+        # A block keeps the file's order of events; each user's events are in the same order.
+        by_user = np.argsort(pd.Index(a.users["user_id"]).get_indexer(a.events["user_id"]), kind="stable")
+        pd.testing.assert_frame_equal(a.events.iloc[by_user].reset_index(drop=True), b.events.reset_index(drop=True))
+    assert blocks.report == report
+    assert blocks.user_ids == whole.users["user_id"].tolist()
+    assert not os.path.exists(scratch)
+
+
+def test_blocks_name_the_line_of_a_bad_event_and_a_repeated_user(tmp_path):
+    from u2qt.data.tables import TableDirChunks
+    path = _messy_dir(tmp_path / "data")
+    events = pd.read_csv(os.path.join(path, "events.csv"), dtype=str)
+    events.loc[250, "timestamp"] = "yesterday"
+    events.to_csv(os.path.join(path, "events.csv"), index=False)
+    with pytest.raises(DataError, match=r"events\.csv: line 252: timestamp must be a number, got 'yesterday'"):
+        list(TableDirChunks(path, 64, str(tmp_path / "s"), read_rows=97))
+    with pytest.raises(DataError, match=r"events\.csv: line 252: timestamp must be a number"):
+        read_table_dir(path)  # the same words as the whole read
+    users = pd.read_csv(os.path.join(path, "users.csv"), dtype=str)
+    pd.concat([users, users.iloc[[5]]]).to_csv(os.path.join(path, "users.csv"), index=False)
+    with pytest.raises(DataError, match="duplicate user_id"):
+        list(TableDirChunks(path, 64, str(tmp_path / "s"), read_rows=97))

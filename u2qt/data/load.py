@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from u2qt.data.examples import CLIP_ROBUST_SD, DatasetSpec, build_examples, encode_examples
-from u2qt.data.tables import DataError, DataReport, Tables
+from u2qt.data.tables import DataError, DataReport, TableDirChunks, Tables
 
 FORMATS = ("synthetic", "tables", "movielens")
 
@@ -113,8 +113,9 @@ def load_streamed(data_cfg, cache_dir: str, log=print) -> LoadedData:
     array_record files under ``cache_dir/stream/`` (once; later runs read them) and opened lazily
     (``u2qt/data/stream.py``). The spec (vocabularies, clipping bounds, means) is fitted on the
     first chunk and every later chunk is encoded with it (``encode_examples``). Synthetic users are
-    generated chunk by chunk (``synthetic_chunks``), so no step holds them all; a ``tables`` or
-    ``movielens`` directory is read whole first (its examples are not)."""
+    generated chunk by chunk (``synthetic_chunks``), so no step holds them all; a ``tables``
+    directory is read block by block too (``TableDirChunks``: its events are first sorted into
+    the blocks of their users on disk); a ``movielens`` one is read whole first."""
     from u2qt.data.stream import open_or_build, write_examples
     from u2qt.data.synthetic import SyntheticUserIds, synthetic_chunks
     chunk_users = int(data_cfg.stream_chunk_users)
@@ -123,12 +124,18 @@ def load_streamed(data_cfg, cache_dir: str, log=print) -> LoadedData:
     first: dict = {}
 
     def build():
+        blocks = None  # a tables directory, read block by block (its report and ids come at the end)
         if synthetic:
             chunks, report = synthetic_chunks(data_cfg.synthetic_users, data_cfg.synthetic_items,
                                               data_cfg.synthetic_types, seed=0, chunk_users=chunk_users), None
+        elif data_cfg.format == "tables":
+            blocks = TableDirChunks(data_cfg.path, chunk_users, scratch=directory + ".scatter",
+                                    encoding=data_cfg.get("encoding", "utf-8"))
+            chunks, report = ((t, None) for t in blocks), None
         else:
             tables, report, _ = load_tables(data_cfg)
             chunks = _table_chunks(tables, chunk_users)
+            first["ids"] = tables.users["user_id"].astype(str).tolist()
         types: list[np.ndarray] = []
         stats = {"users_with_events": 0}
 
@@ -149,11 +156,9 @@ def load_streamed(data_cfg, cache_dir: str, log=print) -> LoadedData:
         def meta():
             spec = dataclasses.replace(first["spec"], user_ids=[])  # ids: the rows' own (row_ids)
             return {"spec": json.loads(spec.to_json()), **stats,
-                    "warnings": _checked_warnings(spec, 1, first["report"]),
-                    "user_ids": None if synthetic else [str(u) for u in first["tables_all_ids"]]}
+                    "warnings": _checked_warnings(spec, 1, blocks.report if blocks else first["report"]),
+                    "user_ids": None if synthetic else blocks.user_ids if blocks else first["ids"]}
 
-        if not synthetic:
-            first["tables_all_ids"] = tables.users["user_id"].astype(str).tolist()
         return write_examples(directory, encoded(), extras=lambda: {"planted_type": np.concatenate(types)} if types
                               else {}, meta=meta, log=log)
 

@@ -14,8 +14,10 @@ Normalized layout (what every consumer may rely on):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -51,6 +53,9 @@ class DataReport:
     events_unknown_user: int = 0  # dropped: user_id not in users
     events_unknown_item: int = 0  # dropped: item_id not in items (may overlap with the line above)
     events_duplicate: int = 0  # dropped: same (user_id, item_id, timestamp) as an earlier event
+    # Dropped events whose id matches a known one only without leading zeros, per column:
+    # (count, an event's id, the known id) (``zero_padding_matches``); they make a warning.
+    padded: dict = dataclasses.field(default_factory=dict)
     # Suspicious but usable data: each a sentence naming the file and what looks wrong. They are
     # logged and kept in the summary; data.strict=True makes them errors (``settle_warnings``).
     warnings: list[str] = dataclasses.field(default_factory=list)
@@ -97,23 +102,53 @@ def _undecodable(filename: str, encoding: str) -> str:
 
 
 def _read_file(filename: str, name: str, encoding: str = "utf-8") -> pd.DataFrame:
-    id_cols = [c for c in ("user_id", "item_id") if c in REQUIRED_COLUMNS[name]]
     if filename.endswith(".parquet"):
         try:
             return pd.read_parquet(filename)
         except Exception as e:  # pyarrow raises several types; all mean the same to the user
             raise DataError(f"{filename}: cannot read as Parquet: {e}") from e
+    with _csv_errors(filename, name, encoding):
+        return pd.read_csv(filename, **_csv_options(filename, name, encoding))
+
+
+def read_batches(filename: str, name: str, encoding: str = "utf-8", rows: int = 1 << 20) -> Iterator[pd.DataFrame]:
+    """The table in ``filename`` as frames of up to ``rows`` rows, in file order, each indexed by
+    its rows' positions in the file (so errors name the file's lines); never the whole file."""
+    if filename.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        try:
+            at = 0
+            for batch in pq.ParquetFile(filename).iter_batches(batch_size=rows):
+                df = batch.to_pandas()
+                df.index = pd.RangeIndex(at, at + len(df))
+                at += len(df)
+                yield df
+        except Exception as e:
+            raise DataError(f"{filename}: cannot read as Parquet: {e}") from e
+        return
+    with _csv_errors(filename, name, encoding):
+        yield from pd.read_csv(filename, chunksize=rows, **_csv_options(filename, name, encoding))
+
+
+def _csv_options(filename: str, name: str, encoding: str) -> dict:
     with open(filename, "rb") as f:
         magic = f.read(4)
     if magic == b"PAR1":
         raise DataError(f"{filename}: holds Parquet bytes, not CSV text; rename it to {name}.parquet")
     if magic[:2] == b"\x1f\x8b":
         raise DataError(f"{filename}: is gzip-compressed; give the decompressed {name}.csv (or {name}.parquet)")
+    id_cols = [c for c in ("user_id", "item_id") if c in REQUIRED_COLUMNS[name]]
+    # utf-8-sig reads UTF-8 and drops a byte-order mark (else it sticks to the first column's name).
+    return dict(dtype={c: str for c in id_cols + ["text"]}, keep_default_na=True,
+                encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
+
+
+@contextlib.contextmanager
+def _csv_errors(filename: str, name: str, encoding: str):
+    """pandas' errors while reading a CSV file → a DataError naming the file (and line)."""
     try:
-        # utf-8-sig reads UTF-8 and drops a byte-order mark (else it sticks to the first column's name).
-        return pd.read_csv(filename, dtype={c: str for c in id_cols + ["text"]}, keep_default_na=True,
-                           encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding)
-    except UnicodeDecodeError as e:
+        yield
+    except UnicodeDecodeError:
         raise DataError(f"{filename}: {_undecodable(filename, encoding)} is not {encoding} text; if the file "
                         f"has another encoding, set --config.data.encoding (e.g. latin-1)") from None
     except LookupError as e:
@@ -130,9 +165,11 @@ def _where(source: str, name: str) -> str:
 
 
 def _line(df: pd.DataFrame, source: str, row: int) -> str:
-    """Human position of a row: its CSV line (header = line 1; exact unless blank lines or quoted
-    line breaks come before it) or its row number."""
-    return f"line {row + 2}" if source.endswith(".csv") else f"row {row}"
+    """Human position of the ``row``-th row of ``df``: its CSV line (header = line 1; exact unless
+    blank lines or quoted line breaks come before it) or its row number. A frame read in batches
+    (``read_batches``) is indexed by its rows' positions in the file; any other by 0..n-1."""
+    at = int(df.index[row]) if pd.api.types.is_integer_dtype(df.index) else row
+    return f"line {at + 2}" if source.endswith(".csv") else f"row {at}"
 
 
 def _ids(df: pd.DataFrame, col: str, source: str, name: str) -> pd.Series:
@@ -234,47 +271,25 @@ def validate_tables(
     events: pd.DataFrame,
     *,
     source: str | dict[str, str] = "<memory>",
+    part: bool = False,
 ) -> tuple[Tables, DataReport]:
     """Checks and normalizes the three tables (see the module docstring); raises `DataError`.
 
     `source` names where the tables came from (one name, or one per table) for error messages.
+    ``part``: ``users`` and ``events`` are a block of larger tables (``TableDirChunks``): the
+    block may hold no events, and the warnings about the whole tables are left to the caller.
     """
     src = source if isinstance(source, dict) else {k: source for k in ("users", "items", "events")}
     for name, df in (("users", users), ("items", items), ("events", events)):
-        _check_columns(df, src[name], name)
+        if not (part and name == "events"):
+            _check_columns(df, src[name], name)
 
     user_ids = _ids(users, "user_id", src["users"], "users")
     _unique(user_ids, src["users"], "users", "user_id")
-    item_ids = _ids(items, "item_id", src["items"], "items")
-    _unique(item_ids, src["items"], "items", "item_id")
-
     users_out = pd.DataFrame({"user_id": user_ids.to_numpy(), **{
         k: v.to_numpy() for k, v in _attributes(users, ("user_id",), src["users"], "users").items()}})
-    text = _text(items["text"], missing="")
-    items_out = pd.DataFrame({"item_id": item_ids.to_numpy(), "text": text.to_numpy(), **{
-        k: v.to_numpy() for k, v in _attributes(items, ("item_id", "text"), src["items"], "items").items()}})
-
-    ev_src = src["events"]
-    ev_user = _ids(events, "user_id", ev_src, "events")
-    ev_item = _ids(events, "item_id", ev_src, "events")
-    ts = _numeric(events, "timestamp", ev_src, "events", required=True)
-    _check_timestamps(ts, events, ev_src, "events")
-    value = (
-        _numeric(events, "value", ev_src, "events", required=False)
-        if "value" in events.columns
-        else np.full(len(events), np.nan)
-    )
-    if np.isinf(value).any():
-        raise _first_bad(events, ev_src, "events", np.isinf(value), f"value is {value[np.isinf(value)][0]}; use a "
-                         f"finite number, or leave the cell empty for none")
-    ev = pd.DataFrame({
-        "user_id": ev_user.to_numpy(),
-        "item_id": ev_item.to_numpy(),
-        "timestamp": np.floor(ts).astype(np.int64),
-        "value": value,
-        **{k: v.to_numpy() for k, v in _attributes(events, ("user_id", "item_id", "timestamp", "value"),
-                                                   ev_src, "events").items()},
-    })
+    items_out = _normalize_items(items, src["items"])
+    ev = _normalize_events(events, src["events"])
 
     report = DataReport(source=source if isinstance(source, str) else ", ".join(sorted(set(src.values()))))
     report.events_read = len(ev)
@@ -283,6 +298,10 @@ def validate_tables(
     unknown_user, unknown_item = user_row < 0, item_row < 0
     report.events_unknown_user = int(unknown_user.sum())
     report.events_unknown_item = int(unknown_item.sum())
+    for col, known, rows in (("user_id", users_out["user_id"], unknown_user), ("item_id", items_out["item_id"], unknown_item)):
+        padded = zero_padding_matches(ev[col], rows, known)
+        if padded:
+            report.padded[col] = padded
     known = ~(unknown_user | unknown_item)
     ev, user_row, item_row = ev[known], user_row[known], item_row[known]
     dup = pd.DataFrame({"u": user_row, "i": item_row, "t": ev["timestamp"].to_numpy()}).duplicated().to_numpy()
@@ -292,21 +311,60 @@ def validate_tables(
     report.users, report.items, report.events = len(users_out), len(items_out), len(ev)
     report.users_without_events = int((np.bincount(user_row, minlength=len(users_out)) == 0).sum())
     report.items_without_events = int((np.bincount(item_row, minlength=len(items_out)) == 0).sum())
-    for col, known, rows, name in (("user_id", users_out["user_id"], unknown_user, "users"),
-                                   ("item_id", items_out["item_id"], unknown_item, "items")):
-        padded = zero_padding_matches(ev_user if col == "user_id" else ev_item, rows, known)
-        if padded:
-            report.warnings.append(
-                f"{_where(ev_src, 'events')}: {padded[0]:,} events were dropped whose {col} matches one of "
-                f"{_where(src[name], name)} only without leading zeros (e.g. {padded[1]!r} vs {padded[2]!r}); write "
-                f"the ids the same way in both")
+    tables = Tables(users=users_out, items=items_out, events=ev)
+    if not part:
+        report.warnings += table_warnings(report, src, tables.items)
+    return tables, report
+
+
+def _normalize_items(items: pd.DataFrame, source: str) -> pd.DataFrame:
+    item_ids = _ids(items, "item_id", source, "items")
+    _unique(item_ids, source, "items", "item_id")
+    text = _text(items["text"], missing="")
+    return pd.DataFrame({"item_id": item_ids.to_numpy(), "text": text.to_numpy(), **{
+        k: v.to_numpy() for k, v in _attributes(items, ("item_id", "text"), source, "items").items()}})
+
+
+def _normalize_events(events: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The events' columns checked and in the normalized layout (all rows, none dropped yet)."""
+    ev_user = _ids(events, "user_id", source, "events")
+    ev_item = _ids(events, "item_id", source, "events")
+    ts = _numeric(events, "timestamp", source, "events", required=True)
+    _check_timestamps(ts, events, source, "events")
+    value = (
+        _numeric(events, "value", source, "events", required=False)
+        if "value" in events.columns
+        else np.full(len(events), np.nan)
+    )
+    if np.isinf(value).any():
+        raise _first_bad(events, source, "events", np.isinf(value), f"value is {value[np.isinf(value)][0]}; use a "
+                         f"finite number, or leave the cell empty for none")
+    return pd.DataFrame({
+        "user_id": ev_user.to_numpy(),
+        "item_id": ev_item.to_numpy(),
+        "timestamp": np.floor(ts).astype(np.int64),
+        "value": value,
+        **{k: v.to_numpy() for k, v in _attributes(events, ("user_id", "item_id", "timestamp", "value"),
+                                                   source, "events").items()},
+    })
+
+
+def table_warnings(report: DataReport, src: dict[str, str], items: pd.DataFrame) -> list[str]:
+    """The suspicious-but-usable findings about whole tables (their counts in ``report``)."""
+    out = []
+    ev_src = src["events"]
+    for col, name in (("user_id", "users"), ("item_id", "items")):
+        if col in report.padded:
+            n, seen, known = report.padded[col]
+            out.append(f"{_where(ev_src, 'events')}: {n:,} events were dropped whose {col} matches one of "
+                       f"{_where(src[name], name)} only without leading zeros (e.g. {seen!r} vs {known!r}); write "
+                       f"the ids the same way in both")
     if report.events_read and report.events_dropped > report.events_read / 2:
-        report.warnings.append(f"{_where(ev_src, 'events')}: {report.events_dropped:,} of {report.events_read:,} "
-                               f"events were dropped (unknown user or item ids, duplicates)")
-    if len(items_out) and (items_out["text"].str.strip() == "").all():
-        report.warnings.append(f"{_where(src['items'], 'items')}: every item text is empty; the text source sees "
-                               f"nothing")
-    return Tables(users=users_out, items=items_out, events=ev), report
+        out.append(f"{_where(ev_src, 'events')}: {report.events_dropped:,} of {report.events_read:,} "
+                   f"events were dropped (unknown user or item ids, duplicates)")
+    if len(items) and (items["text"].str.strip() == "").all():
+        out.append(f"{_where(src['items'], 'items')}: every item text is empty; the text source sees nothing")
+    return out
 
 
 def zero_padding_matches(ids: pd.Series, unknown: np.ndarray, known: pd.Series) -> tuple | None:
@@ -335,6 +393,137 @@ def settle_warnings(warnings, strict: bool, log=print) -> list[str]:
     for w in warnings:
         log(f"warning: {w}")
     return warnings
+
+
+class TableDirChunks:
+    """The tables of directory ``path`` (as ``read_table_dir``) in blocks of ``chunk_users`` users
+    (in the users file's order) with their events, without ever holding all events or users:
+
+      1. the users file is read in batches of ``read_rows`` for its ids (kept: an index of every
+         user id, checked for duplicates);
+      2. the events file is read in batches; each batch's rows go to the block of their user
+         (pickled frames under ``scratch``, one per batch and block); events of unknown users are
+         checked and counted there;
+      3. each block of users is read again with its events and validated (``validate_tables``,
+         ``part=True``), and the counts add up to ``report`` (set once every block was given).
+
+    The items table is read whole (it is the small one). Errors name the file and line as the
+    whole read does; ``report`` equals ``read_table_dir``'s (the same counts and warnings)."""
+
+    def __init__(self, path: str, chunk_users: int, scratch: str, encoding: str = "utf-8",
+                 read_rows: int = 1 << 20):
+        if not os.path.isdir(path):
+            raise DataError(f"{path}: not a directory (expected users, items, events tables in it)")
+        self.path, self.chunk_users, self.scratch = path, chunk_users, scratch
+        self.encoding, self.read_rows = encoding, read_rows
+        self.files = {name: _table_file(path, name) for name in REQUIRED_COLUMNS}
+        self.report: DataReport | None = None
+        self.user_ids: list[str] = []
+
+    def _batches(self, name: str) -> Iterator[pd.DataFrame]:
+        return read_batches(self.files[name], name, self.encoding, self.read_rows)
+
+    def __iter__(self) -> Iterator[Tables]:
+        import shutil
+        src = self.files
+        users_index = self._user_index()
+        items = _read_file(src["items"], "items", self.encoding)
+        _check_columns(items, src["items"], "items")
+        items_index = pd.Index(_normalize_items(items, src["items"])["item_id"])
+        chunks = -(-len(users_index) // self.chunk_users)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        os.makedirs(self.scratch)
+        try:
+            total = DataReport(source=self.path)
+            template = self._scatter(users_index, items_index, chunks, total)
+            with_events = np.zeros(len(items_index), bool)
+            for c, users in enumerate(_blocks(self._batches("users"), self.chunk_users)):
+                pieces = sorted(f for f in os.listdir(self.scratch) if f.startswith(f"c{c:06d}-"))
+                events = (pd.concat([pd.read_pickle(os.path.join(self.scratch, f)) for f in pieces])
+                          if pieces else template)
+                tables, report = validate_tables(users, items, events, source=src, part=True)
+                for field in ("events_read", "events_unknown_user", "events_unknown_item", "events_duplicate",
+                              "events", "users", "users_without_events"):
+                    setattr(total, field, getattr(total, field) + getattr(report, field))
+                _add_padded(total, report.padded)
+                with_events[items_index.get_indexer(tables.events["item_id"])] = True
+                yield tables
+            total.items = len(items_index)
+            total.items_without_events = int((~with_events).sum())
+            total.warnings = table_warnings(total, src, pd.DataFrame({"text": _text(items["text"], missing="")}))
+            self.report = total
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _user_index(self) -> pd.Index:
+        ids = []
+        src = self.files["users"]
+        for i, users in enumerate(self._batches("users")):
+            if i == 0:
+                _check_columns(users, src, "users")
+            ids.append(_ids(users, "user_id", src, "users"))
+        if not ids:
+            raise DataError(f"{_where(src, 'users')}: the users table is empty")
+        ids = pd.concat(ids, ignore_index=True)
+        _unique(ids, src, "users", "user_id")
+        self.user_ids = ids.tolist()
+        return pd.Index(ids.to_numpy())
+
+    def _scatter(self, users_index: pd.Index, items_index: pd.Index, chunks: int, total: DataReport) -> pd.DataFrame:
+        """Every events batch's rows to their users' blocks; the rows of unknown users are checked
+        and counted as dropped (into ``total``). Returns an empty events frame (a block's events
+        when it has none)."""
+        src = self.files["events"]
+        template = None
+        for b, events in enumerate(self._batches("events")):
+            if b == 0:
+                _check_columns(events, src, "events")
+                template = events.iloc[:0]
+            block = users_index.get_indexer(_ids(events, "user_id", src, "events")) // self.chunk_users  # -1: unknown
+            self._count_unknown_users(events[block < 0], users_index, items_index, total)
+            order = np.argsort(block, kind="stable")
+            bounds = np.searchsorted(block[order], np.arange(-1, chunks + 1))
+            for c in range(chunks):
+                rows = order[bounds[c + 1]:bounds[c + 2]]
+                if len(rows):
+                    events.iloc[rows].to_pickle(os.path.join(self.scratch, f"c{c:06d}-{b:06d}.pkl"))
+        if template is None:
+            raise DataError(f"{_where(src, 'events')}: the events table is empty")
+        return template
+
+    def _count_unknown_users(self, events: pd.DataFrame, users_index: pd.Index, items_index: pd.Index,
+                             total: DataReport) -> None:
+        """Events whose user is in no block: checked like the others, counted as dropped."""
+        if not len(events):
+            return
+        ev = _normalize_events(events, self.files["events"])
+        unknown_item = items_index.get_indexer(ev["item_id"]) < 0
+        total.events_read += len(ev)
+        total.events_unknown_user += len(ev)
+        total.events_unknown_item += int(unknown_item.sum())
+        _add_padded(total, {k: v for k, v in (
+            ("user_id", zero_padding_matches(ev["user_id"], np.ones(len(ev), bool), pd.Series(users_index))),
+            ("item_id", zero_padding_matches(ev["item_id"], unknown_item, pd.Series(items_index)))) if v})
+
+
+def _blocks(frames: Iterator[pd.DataFrame], rows: int) -> Iterator[pd.DataFrame]:
+    """The rows of consecutive frames re-cut into frames of exactly ``rows`` (the last: the rest)."""
+    held: list[pd.DataFrame] = []
+    count = 0
+    for df in frames:
+        held.append(df)
+        count += len(df)
+        while count >= rows:
+            whole = pd.concat(held) if len(held) > 1 else held[0]
+            yield whole.iloc[:rows]
+            held, count = [whole.iloc[rows:]], count - rows
+    if count:
+        yield pd.concat(held) if len(held) > 1 else held[0]
+
+
+def _add_padded(total: DataReport, padded: dict) -> None:
+    for col, (n, seen, known) in padded.items():
+        total.padded[col] = (total.padded[col][0] + n,) + total.padded[col][1:] if col in total.padded else (n, seen, known)
 
 
 def read_table_dir(path: str, encoding: str = "utf-8") -> tuple[Tables, DataReport]:
