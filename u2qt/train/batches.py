@@ -63,7 +63,7 @@ class DeviceBatches:
         self.tiles = -(-batch_size // self.rows)
         self.batch_size = batch_size
         self.per_epoch = self.rows * self.tiles // batch_size
-        self.key = jax.random.fold_in(jax.random.key(seed), DATA_STREAM)
+        self.seed = seed
         self.placement = placement
         self.arrays = placement.replicate(host)  # from the host: every process holds the same rows
 
@@ -71,13 +71,15 @@ class DeviceBatches:
         """No epoch drawn yet: the first step draws epoch 0's permutation."""
         return {"epoch": jnp.full((), -1, jnp.int32), "order": jnp.zeros((self.rows * self.tiles,), jnp.int32)}
 
-    def draw(self, arrays: dict, data_state: dict, step) -> tuple[dict, dict]:
-        """(the batch of ``step``, the data state after it)."""
+    def draw(self, arrays: dict, data_state: dict, step, seed=None) -> tuple[dict, dict]:
+        """(the batch of ``step``, the data state after it); ``seed``: the run's (traced), else the
+        one given at construction."""
         epoch = (step // self.per_epoch).astype(jnp.int32)
         n = self.rows * self.tiles
+        key = jax.random.fold_in(jax.random.key(self.seed if seed is None else seed), DATA_STREAM)
 
         def permute():  # one sort of random bits: half the cost of jax.random.permutation's rounds
-            bits = jax.random.bits(jax.random.fold_in(self.key, epoch), (n,), jnp.uint32)
+            bits = jax.random.bits(jax.random.fold_in(key, epoch), (n,), jnp.uint32)
             return (jnp.argsort(bits) % self.rows).astype(jnp.int32)
 
         order = jax.lax.cond(epoch == data_state["epoch"], lambda: data_state["order"], permute)
@@ -93,7 +95,8 @@ def with_device_batches(train_step, batches: DeviceBatches):
     itself is unchanged (this only wraps it), so what trains is what the benchmarks time."""
 
     def step(state, arrays, constants):
-        batch, data_state = batches.draw(arrays, state["data"], state["step"])
+        seed = constants["hparams"]["seed"] if "hparams" in constants else None
+        batch, data_state = batches.draw(arrays, state["data"], state["step"], seed)
         return train_step(dict(state, data=data_state), batch, constants)
 
     return step

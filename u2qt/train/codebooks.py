@@ -44,11 +44,12 @@ def initial_usage(task, cfg) -> dict:
     return {view: jnp.full((levels, k), b / k, jnp.float32) for view, (levels, k) in task.stacks.items()}
 
 
-def upkeep(task, cfg, state: dict, aux: dict, step, key) -> tuple[dict, dict]:
-    """Usage EMA and dead-code resets of every stack, after the optimizer update of ``step``."""
+def upkeep(task, cfg, state: dict, aux: dict, step, key, steps) -> tuple[dict, dict]:
+    """Usage EMA and dead-code resets of every stack, after the optimizer update of ``step`` of a
+    run of ``steps``."""
     qc = cfg.quantizer
     do_reset = ((qc.reset_every > 0) & ((step + 1) % max(qc.reset_every, 1) == 0) & cb.quantize_on(step, qc)
-                & (step + 1 <= qc.reset_until * cfg.train.steps))
+                & (step + 1 <= qc.reset_until * steps))
     books = task.codebooks(state["params"])
     new_books, usage, metrics = {}, {}, {}
     for i, (view, (_, k)) in enumerate(task.stacks.items()):

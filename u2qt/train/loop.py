@@ -36,7 +36,7 @@ from u2qt.train import batches as batches_lib
 from u2qt.train import checkpoint, distributed, report
 from u2qt.train.codebooks import CodebookHook
 from u2qt.train.sharding import Placement
-from u2qt.train.step import init_state, make_optimizer, make_train_step, resolve_epochs
+from u2qt.train.step import hparams, init_state, make_optimizer, make_train_step, resolve_epochs
 from u2qt.train.workdir import (MetricsWriter, check_data, data_fingerprint, open_workdir, run_once_options,
                                 save_config)
 
@@ -117,6 +117,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     scope.enter_context(jax.set_mesh(placement.mesh))
     devices = placement.devices
     constants = {k: jax.device_put(np.asarray(v), placement.replicated) for k, v in task.constants.items()}
+    # The learning rate, schedule lengths and seed as inputs of the compiled step (u2qt/train/step.py).
+    constants["hparams"] = {k: jax.device_put(v, placement.replicated) for k, v in hparams(cfg).items()}
     if on_device:  # batches are drawn on the devices: one check of every row now, none per step
         batches_lib.check_finite(model_examples, task.row_ids if tokenizer and task.rows is task.examples else None)
         batches = batches_lib.DeviceBatches(model_examples, task.model_keys, cfg.train.batch_size, cfg.seed, placement)

@@ -9,6 +9,13 @@ state = {"step", "params", "opt_state"} (+ "usage" for a tokenizer: the EMA of e
 counts; + "best" when ``train.select_metric`` keeps the best parameters). One step: the task's loss
 and its gradient, clipping and AdamW, then, for a tokenizer task only, codebook upkeep (usage EMA
 and dead-code resets, ``u2qt/train/codebooks.py``).
+
+Step inputs, not program constants: ``constants["hparams"]`` (``hparams(cfg)``: the learning
+rate, the warm-up and run length of its schedule, the seed) when the caller passes it, as the
+loop does. Runs that differ only in those (a sweep over learning rates or seeds, tests of other
+lengths) then compile one step, and the persistent compilation cache serves the rest. Without it
+(an outer loop that passes its own constants) the config's values are baked in, with the same
+result.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from u2qt.tasks.core import Tokenizes
@@ -52,12 +60,53 @@ def resolve_epochs(cfg, rows: int, log=print) -> None:
         + ", ".join(changes))
 
 
-def make_optimizer(cfg, task=None) -> optax.GradientTransformation:
-    """Global-norm clipping and AdamW with warm-up and cosine decay. No weight decay on 1-D
-    parameters (biases, norms) nor on a tokenizer's codebooks."""
+def hparams(cfg) -> dict:
+    """The numbers of ``cfg`` the train step reads from ``constants["hparams"]`` (see the module
+    docstring)."""
     t = cfg.train
-    warmup = min(t.warmup_steps, max(t.steps - 1, 0))  # a run shorter than the warm-up still decays
-    schedule = optax.warmup_cosine_decay_schedule(0.0, t.lr, warmup, max(t.steps, warmup + 1), t.lr * 0.05)
+    return {"lr": np.float32(t.lr), "warmup_steps": np.int32(t.warmup_steps), "steps": np.int32(t.steps),
+            "seed": np.int32(cfg.seed)}
+
+
+def step_hparams(cfg, constants: dict) -> dict:
+    """The step's hyper-parameters: the traced inputs when given, else the config's (constants)."""
+    return constants.get("hparams") or hparams(cfg)
+
+
+def learning_rate(count, lr, warmup_steps, steps):
+    """Linear warm-up from 0 to ``lr`` over the warm-up, then cosine decay to 5% of ``lr`` at the
+    last step (optax's ``warmup_cosine_decay_schedule``, with every number allowed to be traced).
+    A run shorter than the warm-up still decays: the warm-up is cut to steps − 1."""
+    warmup = jnp.minimum(warmup_steps, jnp.maximum(steps - 1, 0)).astype(jnp.float32)
+    decay = jnp.maximum(steps, warmup + 1).astype(jnp.float32) - warmup
+    c = jnp.asarray(count, jnp.float32)
+    cosine = 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(c - warmup, decay) / decay))
+    return jnp.where(c < warmup, lr * c / jnp.maximum(warmup, 1.0), lr * (0.95 * cosine + 0.05))
+
+
+def scale_by_learning_rate(default: dict) -> optax.GradientTransformationExtraArgs:
+    """optax's ``scale_by_learning_rate`` of ``learning_rate`` (the same state: the update count),
+    its numbers read from the ``hparams`` the update is given, else from ``default``."""
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None, *, hparams=None, **extra):
+        del params, extra
+        h = default if hparams is None else hparams
+        step_size = -learning_rate(state.count, h["lr"], h["warmup_steps"], h["steps"])
+        updates = jax.tree.map(lambda g: jnp.array(step_size, dtype=g.dtype) * g, updates)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def make_optimizer(cfg, task=None) -> optax.GradientTransformation:
+    """Global-norm clipping and AdamW with warm-up and cosine decay (``learning_rate``). No weight
+    decay on 1-D parameters (biases, norms) nor on a tokenizer's codebooks. The state is laid out
+    as ``optax.adamw`` with a schedule lays it out (checkpoints of earlier runs restore)."""
+    t = cfg.train
 
     def decay_mask(params):
         mask = jax.tree.map(lambda x: x.ndim > 1, params)
@@ -65,8 +114,9 @@ def make_optimizer(cfg, task=None) -> optax.GradientTransformation:
             mask = task.with_codebooks(mask, {view: False for view in task.stacks})
         return mask
 
-    return optax.chain(optax.clip_by_global_norm(t.clip_norm),
-                       optax.adamw(schedule, weight_decay=t.weight_decay, mask=decay_mask))
+    adamw = optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(t.weight_decay, decay_mask),
+                        scale_by_learning_rate(hparams(cfg)))
+    return optax.chain(optax.clip_by_global_norm(t.clip_norm), adamw)
 
 
 def init_state(task, tx, cfg, key, sample: dict, constants: dict) -> dict:
@@ -82,20 +132,20 @@ def init_state(task, tx, cfg, key, sample: dict, constants: dict) -> dict:
 
 def make_train_step(task, tx, cfg):
     """step(state, batch, constants) -> (state, metrics); pure, jittable, donatable."""
-    root_key = jax.random.key(cfg.seed)
     tokenizer = isinstance(task, Tokenizes)
 
     def train_step(state, batch, constants):
         step = state["step"]
-        key = jax.random.fold_in(root_key, step)
+        h = step_hparams(cfg, constants)
+        key = jax.random.fold_in(jax.random.key(h["seed"]), step)
         grad_fn = jax.value_and_grad(lambda p: task.loss(p, batch, constants, key, step), has_aux=True)
         (_, aux), grads = grad_fn(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"], hparams=h)
         params = optax.apply_updates(state["params"], updates)
         metrics = dict(aux["metrics"])
         new_state = dict(state, step=step + 1, params=params, opt_state=opt_state)
         if tokenizer:
-            new_state, health = codebooks.upkeep(task, cfg, new_state, aux, step, key)
+            new_state, health = codebooks.upkeep(task, cfg, new_state, aux, step, key, h["steps"])
             metrics.update(health)
         metrics["grad_norm"] = optax.tree.norm(grads)
         return new_state, metrics
