@@ -96,9 +96,9 @@ def test_a_ray_sweep_runs_the_local_trials_reports_them_to_tune_and_skips_them_w
     from u2qt import sweep
     fast = {"train.steps": 12, "quantizer.kmeans_at_step": 4, "train.eval_every": 12, "train.checkpoint_every": 6,
             "train.warmup_steps": 2}
-    # The trials differ in a host-side key only (a learning rate or a seed is a constant of the
-    # compiled step): with 2 CPUs a trial, one at a time, the second reads the first's compiled
-    # programs from the compilation cache.
+    # The trials differ in a host-side key only: with 2 CPUs a trial, one at a time, the second
+    # reads the first's compiled programs from the compilation cache (as trials that differ in
+    # train.lr or seed would: those are inputs of the step, u2qt/train/step.py).
     trials = [dict(fast, **{"train.log_every": every}) for every in (6, 12)]
     monkeypatch.setattr(sweep, "trials", lambda spec, names: trials)
     directory = str(tmp_path / "s")
