@@ -47,3 +47,24 @@ def shared_data(name: str) -> str:
     if not os.path.isdir(path):
         pytest.skip(f"{path} is absent (the shared real data sets live in ../shared/data)")
     return path
+
+
+def lower_train_step(cfg, with_hparams: bool = False):
+    """The real train step of ``cfg`` lowered (not compiled) at its batch shape, on one device:
+    (lowered, task, optimizer, a 2-row sample, constants). ``with_hparams``: with the loop's
+    ``constants["hparams"]`` (u2qt/train/step.py) as inputs."""
+    import jax
+    import jax.numpy as jnp
+    from u2qt.tasks.core import make_task
+    from u2qt.train.step import hparams, init_state, make_optimizer, make_train_step
+    task = make_task(cfg, cfg.data.cache_dir, log=lambda *_: None)
+    constants = {k: jnp.asarray(v) for k, v in task.constants.items()}
+    if with_hparams:
+        constants["hparams"] = {k: jnp.asarray(v) for k, v in hparams(cfg).items()}
+    b = cfg.train.batch_size
+    sample = {k: jax.ShapeDtypeStruct((b,) + v.shape[1:], v.dtype) for k, v in task.examples.items()
+              if k in task.model_keys}
+    tx = make_optimizer(cfg, task)
+    small = {k: jnp.asarray(v[:2]) for k, v in task.examples.items() if k in task.model_keys}
+    state = jax.eval_shape(lambda key: init_state(task, tx, cfg, key, small, constants), jax.random.key(0))
+    return jax.jit(make_train_step(task, tx, cfg)).lower(state, sample, constants), task, tx, small, constants

@@ -4,13 +4,9 @@ train step and the modules only it needs have no parameters. Checked on the real
 import os
 
 import jax
-import jax.numpy as jnp
-import pytest
-from conftest import REPO, shared_data
+from conftest import REPO, lower_train_step, shared_data
 
 from u2qt import config as config_lib
-from u2qt.tasks.core import make_task
-from u2qt.train.step import init_state, make_optimizer, make_train_step
 
 TEXT_CACHE = os.environ.get("U2QT_TEXT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "u2qt", "amazon")
 
@@ -20,16 +16,10 @@ def _step_cost(spec: str, tmp_path, **overrides) -> tuple[float, dict]:
     cfg = config_lib.load_config_file(os.path.join(REPO, "configs", spec))
     for key, value in {"data.cache_dir": TEXT_CACHE, **overrides}.items():
         config_lib.apply_override(cfg, key, value)
-    task = make_task(cfg, cfg.data.cache_dir, log=lambda *_: None)  # the shared text-embedding cache
-    constants = {k: jnp.asarray(v) for k, v in task.constants.items()}
-    b = cfg.train.batch_size
-    sample = {k: jax.ShapeDtypeStruct((b,) + v.shape[1:], v.dtype) for k, v in task.examples.items()
-              if k in task.model_keys}
-    tx = make_optimizer(cfg, task)
-    small = {k: jnp.asarray(v[:2]) for k, v in task.examples.items() if k in task.model_keys}
-    state = jax.eval_shape(lambda key: init_state(task, tx, cfg, key, small, constants), jax.random.key(0))
-    cost = jax.jit(make_train_step(task, tx, cfg)).lower(state, sample, constants).cost_analysis()
-    return float(cost["flops"]), state["params"]
+    lowered, task, _, small, constants = lower_train_step(cfg)  # data.cache_dir: the shared text-embedding cache
+    cost = lowered.cost_analysis()
+    params = jax.eval_shape(lambda key: task.init(key, small, constants), jax.random.key(0))
+    return float(cost["flops"]), params
 
 
 def test_user_tokenizer_terms_switched_off_cost_nothing(tmp_path):

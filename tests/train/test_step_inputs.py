@@ -9,11 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import REPO
+from conftest import REPO, lower_train_step
 
 from u2qt import config as config_lib
-from u2qt.tasks.core import make_task
-from u2qt.train.step import hparams, init_state, learning_rate, make_optimizer, make_train_step
+from u2qt.train.step import hparams, learning_rate, make_optimizer
 
 
 def _cfg(**overrides):
@@ -33,16 +32,8 @@ def test_the_schedule_is_optax_warmup_cosine(lr, warmup, steps):
 
 
 def _lowered(cfg):
-    task = make_task(cfg, cfg.data.cache_dir, log=lambda *_: None)
-    constants = {k: jnp.asarray(v) for k, v in task.constants.items()}
-    constants["hparams"] = {k: jnp.asarray(v) for k, v in hparams(cfg).items()}
-    b = cfg.train.batch_size
-    sample = {k: jax.ShapeDtypeStruct((b,) + v.shape[1:], v.dtype) for k, v in task.examples.items()
-              if k in task.model_keys}
-    tx = make_optimizer(cfg, task)
-    small = {k: jnp.asarray(v[:2]) for k, v in task.examples.items() if k in task.model_keys}
-    state = jax.eval_shape(lambda key: init_state(task, tx, cfg, key, small, constants), jax.random.key(0))
-    return jax.jit(make_train_step(task, tx, cfg)).lower(state, sample, constants).as_text(), tx, small, task, constants
+    lowered, task, tx, small, constants = lower_train_step(cfg, with_hparams=True)
+    return lowered.as_text(), tx, small, task, constants
 
 
 def test_runs_that_differ_in_lr_seed_or_length_lower_to_one_program(tmp_path):
@@ -53,7 +44,6 @@ def test_runs_that_differ_in_lr_seed_or_length_lower_to_one_program(tmp_path):
     # ... but not one that changes what is computed
     assert _lowered(_cfg(**cache, **{"quantizer.kmeans_at_step": 3}))[0] != base
     # The state is optax.adamw's with a schedule (clipping first), so earlier checkpoints restore.
-    cfg = _cfg(**cache)
     params = task.init(jax.random.key(0), small, constants)
     old = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(optax.warmup_cosine_decay_schedule(0.0, 1e-3, 2, 10),
                                                                   weight_decay=0.01, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)))
