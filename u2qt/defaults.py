@@ -334,6 +334,14 @@ def federated() -> ml_collections.ConfigDict:
     fe.group_attribute = "gender"  # grouping=attribute: the user attribute (MovieLens-1M only)
     fe.dp_clip = 0.0  # DP-FedAvg: L2 clip of each client's update (0 = off)
     fe.dp_noise = 0.0  # DP-FedAvg: Gaussian noise multiplier z (std z · clip · max weight / Σ weights)
+    # The server optimizer on the pseudo-gradient -Δ (Δ: the round's mean client update; Reddi et al.
+    # 2021): sgd (before + server_lr · Δ; server_lr 1 = FedAvg) | momentum (FedAvgM) | adam (FedAdam)
+    # | yogi (FedYogi). It steps the parameters; the averaged client moments stay plain means.
+    fe.server_optimizer = "sgd"
+    fe.server_lr = 1.0
+    fe.server_momentum = 0.9  # β1 of momentum, adam and yogi (sgd has none)
+    fe.server_b2 = 0.99  # β2 of adam and yogi
+    fe.server_tau = 1e-3  # ε of adam and yogi: the adaptivity τ (small τ: more adaptive)
 
     c.train.lr = 1e-3
     c.train.warmup_steps = 20
@@ -374,6 +382,7 @@ READERS = ("lcrec", "movielens")
 MEMBERSHIPS = ("sigmoid", "softmax")
 FEDERATED_VARIANTS = ("mrff", "sasrec")
 GROUPINGS = ("user", "random", "attribute")
+SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi")
 IMPLEMENTATIONS = ("auto", "reference", "chunked", "pallas_gpu", "pallas_tpu",
                    "pallas_gpu_interpret", "pallas_tpu_interpret")
 
@@ -497,6 +506,11 @@ CONSTRAINTS = {
     "federated.group_size": _INT_AT_LEAST_1,
     "federated.dp_clip": _AT_LEAST_0,
     "federated.dp_noise": _AT_LEAST_0,
+    "federated.server_optimizer": _one_of(*SERVER_OPTIMIZERS),
+    "federated.server_lr": (lambda v: v > 0, "> 0"),
+    "federated.server_momentum": _PROBABILITY,
+    "federated.server_b2": _PROBABILITY,
+    "federated.server_tau": (lambda v: v > 0, "> 0"),
 }
 
 

@@ -163,6 +163,84 @@ def test_an_expert_no_client_is_routed_to_stays_as_it_was(fed):
     assert float(metrics["experts_used"]) == 1.0
 
 
+def _server_config(cfg, **keys):
+    f = cfg.federated.copy_and_resolve_references()
+    f.update(keys)
+    return f
+
+
+def test_server_sgd_at_lr_1_is_fedavg_and_server_lr_scales_its_step(fed):
+    from u2qt import defaults
+    from u2qt.train import federated as fedlib
+    assert set(fedlib.SERVER_TRANSFORMS) == set(defaults.SERVER_OPTIMIZERS)
+    part, before = fed["part"], fed["server"]["leaves"]
+    assert fed["cfg"].federated.server_optimizer == "sgd" and fed["cfg"].federated.server_lr == 1.0  # the default
+    rng = np.random.default_rng(0)
+    names = part.where(("shared", "group"), ("param",))
+    delta = {n: jnp.asarray(rng.normal(0, 1e-2, before[n].shape), before[n].dtype) for n in names}
+    used = jnp.array([True, False])
+    for lr in (1.0, 0.25):
+        opt = fedlib.ServerOptimizer(_server_config(fed["cfg"], server_lr=lr), part)
+        assert opt.init(before) == {}  # plain sgd keeps no state: the server state is FedAvg's
+        new, state = opt.apply({}, before, delta, used)
+        assert state == {} and set(new) == set(names)
+        for n in names:
+            want = np.asarray(before[n]) + lr * np.asarray(delta[n])
+            got = np.asarray(new[n])
+            if n in part.where(("group",)):  # expert 1 unused: as it was
+                np.testing.assert_array_equal(got[1], before[n][1], err_msg=n)
+                got, want = got[0], want[0]
+            if lr == 1.0:  # exactly today's FedAvg step
+                np.testing.assert_array_equal(got, want, err_msg=n)
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=n)
+
+
+def test_server_adam_steps_from_the_fedavg_update_and_leaves_an_unused_expert_exactly(fed):
+    import optax
+    from u2qt.train import federated as fedlib
+    from u2qt.train.step import make_optimizer
+    cfg, part, task = fed["cfg"], fed["part"], fed["task"]
+    f = _server_config(cfg, server_optimizer="adam", server_lr=1e-2)
+    adam_cfg = cfg.copy_and_resolve_references()
+    adam_cfg.federated = f
+    leaves = dict(fed["server"]["leaves"])
+    leaves["params.gate.Dense_1.bias"] = jnp.array([50.0, -50.0])  # everyone on expert 0
+    opt = fedlib.ServerOptimizer(f, part)
+    server = dict(fed["server"], leaves=leaves, server_opt=opt.init(leaves))
+    assert any(".mu." in n for n in server["server_opt"]) and any("count" in n for n in server["server_opt"])
+    n = task.num_clients
+    round_fn = _round(task, make_optimizer(adam_cfg, task), adam_cfg, part, n, n, fed["data"]["inputs"].shape[1])
+    args = (fed["data"], fed["weights"], jnp.arange(n, dtype=jnp.int32),
+            {k: jnp.asarray(v) for k, v in task.constants.items()})
+    fedavg, _, _ = fed["run_round"](dict(fed["server"], leaves=leaves), fed["store"], fed["data"], fed["weights"])
+    new, _, _ = round_fn(jax.tree.map(jnp.copy, server), jax.tree.map(jnp.copy, fed["store"]), *args)
+    assert set(new["server_opt"]) == set(server["server_opt"])
+    # The FedAvg update Δ of this round (the sgd round from the same state) through optax's Adam.
+    names = part.where(("shared", "group"), ("param",))
+    delta = {m: fedavg["leaves"][m] - leaves[m] for m in names}
+    tx = optax.adam(1e-2, b1=f.server_momentum, b2=f.server_b2, eps=f.server_tau)
+    for m in names:
+        if m in part.where(("group",)):
+            step, _ = tx.update(-delta[m][0], tx.init(leaves[m][0]))
+            got, base = new["leaves"][m][0], leaves[m][0]
+            np.testing.assert_array_equal(new["leaves"][m][1], leaves[m][1], err_msg=m)  # unused: exactly
+        else:
+            step, _ = tx.update(-delta[m], tx.init(leaves[m]))
+            got, base = new["leaves"][m], leaves[m]
+        np.testing.assert_allclose(got - base, step, rtol=1e-2, atol=2e-4, err_msg=m)
+    moved = [m for m in names if not np.array_equal(new["leaves"][m], leaves[m])]
+    assert len(moved) > 10
+    for m, v in new["server_opt"].items():  # the unused expert's count and moments: as they were
+        if m.startswith("group."):
+            np.testing.assert_array_equal(v[1], server["server_opt"][m][1], err_msg=m)
+            if m.endswith("count"):
+                assert int(v[0]) == 1 and int(v[1]) == 0
+    # Client moments are not the server optimizer's: they stay the plain mean (as under FedAvg).
+    for m in part.where(("shared",), ("moment",)):
+        np.testing.assert_allclose(new["leaves"][m], fedavg["leaves"][m], rtol=1e-5, atol=1e-8, err_msg=m)
+
+
 def test_message_and_server_never_hold_private_leaves(fed):
     from u2qt.train import federated as fedlib
     part, server, store = fed["part"], fed["server"], fed["store"]
@@ -211,7 +289,9 @@ def test_federated_run_private_state_stays_out_of_the_server_checkpoint_and_resu
     import orbax.checkpoint as ocp
     from u2qt.train.loop import run  # the loop dispatches a config with a federated family
     data = _typed_users(str(tmp_path), users=60)
-    small = {"federated.client_fraction": 0.2, "model.seq_layers": 1}
+    # With a server optimizer that keeps state (FedAdam): its state is resumed too.
+    small = {"federated.client_fraction": 0.2, "model.seq_layers": 1, "federated.server_optimizer": "adam",
+             "federated.server_lr": 1e-2}
     cfg = _config(data, "beauty,mrff,runlocal", **small)
     whole = run(cfg, str(tmp_path / "whole"))
     assert whole["rounds"] == 4 and whole["clients_per_round"] == 12 and whole["bytes_up_per_round"] > 0
@@ -228,9 +308,10 @@ def test_federated_run_private_state_stays_out_of_the_server_checkpoint_and_resu
     clients = ocp.StandardCheckpointer().restore(str(tmp_path / "whole" / "checkpoints" / "4" / "clients"))
     rows = next(iter(clients.values())).shape[0]
     assert set(clients) and all("user_embedding" in n or "private_expert" in n for n in clients)
-    for n, v in server["leaves"].items():
+    for n, v in list(server["leaves"].items()) + list(server["server_opt"].items()):
         assert "user_embedding" not in n and "private_expert" not in n, n
         assert v.ndim == 0 or v.shape[0] != rows, n
+    assert int(server["server_opt"]["shared.0.count"]) == 4  # one server step per round
     assert os.path.exists(tmp_path / "whole" / "training.png")
     rows = [json.loads(line) for line in open(tmp_path / "whole" / "metrics.jsonl")]
     train = [r for r in rows if r["split"] == "train"]

@@ -52,3 +52,17 @@ def test_the_code_health_sample_may_change_on_resume_even_when_the_saved_config_
     config_lib.apply_override(cfg, "quantizer.kmeans_rows", "100")
     with pytest.raises(WorkdirError, match="quantizer.kmeans_rows"):
         check_config(cfg, workdir)
+
+
+def test_a_federated_run_saved_before_the_server_optimizer_existed_resumes_as_fedavg(tmp_path):
+    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "federated.py") + ":ml1m")
+    workdir = _finished(tmp_path, cfg)
+    path = os.path.join(workdir, "config.json")
+    saved = json.load(open(path))
+    for key in ("server_optimizer", "server_lr", "server_momentum", "server_b2", "server_tau"):
+        del saved["federated"][key]
+    json.dump(saved, open(path, "w"))
+    check_config(cfg, workdir)  # the defaults are what the absent keys meant
+    config_lib.apply_override(cfg, "federated.server_optimizer", "adam")
+    with pytest.raises(WorkdirError, match="federated.server_optimizer"):
+        check_config(cfg, workdir)

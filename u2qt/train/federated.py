@@ -17,6 +17,17 @@ One round (``federated.*``):
      share of clients on each expert (the balance loss's f for the next round). Private leaves
      are written back to the client store [num_clients, ...], which is never part of the server
      state, the message, or the server's checkpoint item.
+  4. the server optimizer (``server_optimizer``, Reddi et al. 2021, "Adaptive Federated
+     Optimization") turns each averaged parameter update Δ into the step: the pseudo-gradient
+     -Δ goes through an optax transform: "sgd" (new = before + server_lr · Δ; server_lr 1, the
+     default, is plain FedAvg), "momentum" (FedAvgM), "adam" (FedAdam), "yogi" (FedYogi), with
+     ``server_momentum`` (β1), ``server_b2`` and ``server_tau`` (ε, the adaptivity). Its state
+     is part of the server state (checkpointed): one for the shared leaves, and one per group
+     expert (its own count), updated only for an expert some client used this round, so an
+     unused expert keeps its parameters and its server moments exactly. The clients' averaged
+     Adam moments are NOT put through it: they stay the plain weighted mean, the start of the
+     next round's local AdamW (unchanged from FedAvg). DP noise is added to Δ before the server
+     optimizer (post-processing keeps the DP guarantee).
 Optimizer: each client's AdamW (``make_optimizer``) runs with the server's step count (so the
 warm-up / cosine schedule spans rounds × local_steps), the shared moments averaged like the
 parameters (they are in the message) and its private moments kept in its store.
@@ -26,11 +37,11 @@ clipped to that L2 norm, and with ``dp_noise`` = z Gaussian noise of std z · cl
 sent up (they would leak the gradients): the server's moments stay as they are.
 
 Checkpoints (one Orbax item each, written together, so a kill never splits them): "server" (the
-server state: shared and group leaves, the step and optimizer counts, the round, the sampling key
-and the route shares) and "clients" (the client store). Killed (``train.halt_after_step`` rounds)
-and resumed equals uninterrupted. Units: ``train.log_every``, ``eval_every``,
-``checkpoint_every`` and ``halt_after_step`` count rounds; ``train.steps`` is set to rounds ×
-local_steps (the clients' optimizer schedule).
+server state: shared and group leaves, the step and optimizer counts, the round, the sampling key,
+the route shares and the server optimizer's state when it has one) and "clients" (the client
+store). Killed (``train.halt_after_step`` rounds) and resumed equals uninterrupted. Units:
+``train.log_every``, ``eval_every``, ``checkpoint_every`` and ``halt_after_step`` count rounds;
+``train.steps`` is set to rounds × local_steps (the clients' optimizer schedule).
 """
 from __future__ import annotations
 
@@ -41,6 +52,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
 from u2qt import config as config_lib
@@ -121,6 +133,60 @@ def message_bytes(part: Partition, leaves: dict, experts: int, dp: bool) -> tupl
     return shared + group + 4 * experts + 4, shared + group // max(experts, 1) + 8
 
 
+# The server optimizers (choices of ``federated.server_optimizer``): the optax transform of the
+# pseudo-gradient, from the ``federated`` family.
+SERVER_TRANSFORMS = {
+    "sgd": lambda f: optax.sgd(f.server_lr),
+    "momentum": lambda f: optax.sgd(f.server_lr, momentum=f.server_momentum),
+    "adam": lambda f: optax.adam(f.server_lr, b1=f.server_momentum, b2=f.server_b2, eps=f.server_tau),
+    "yogi": lambda f: optax.yogi(f.server_lr, b1=f.server_momentum, b2=f.server_b2, eps=f.server_tau),
+}
+
+
+class ServerOptimizer:
+    """The server's step on the parameter leaves of the message from the round's averaged client
+    update Δ: before + transform(-Δ). Its state is a flat {name: array} (the server state's
+    "server_opt"; empty for plain "sgd", which then keeps no state): the optax state of the shared
+    leaves, and of the group leaves with a leading expert axis (the transform vmapped over the K
+    experts), so that an expert no client used is left exactly as it was, count and moments too."""
+
+    def __init__(self, f, part: Partition):
+        self.tx = SERVER_TRANSFORMS[f.server_optimizer](f)
+        self.names = {"shared": part.where(("shared",), ("param",)), "group": part.where(("group",), ("param",))}
+
+    def _states(self, leaves: dict) -> dict:
+        init = {"shared": self.tx.init, "group": jax.vmap(self.tx.init)}
+        return {role: init[role]({n: leaves[n] for n in names}) for role, names in self.names.items() if names}
+
+    def _layout(self, leaves: dict):
+        abstract = jax.eval_shape(self._states, {n: jax.ShapeDtypeStruct(leaves[n].shape, leaves[n].dtype)
+                                                 for names in self.names.values() for n in names})
+        flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+        return [".".join(key_names(p)) for p, _ in flat], treedef
+
+    def init(self, leaves: dict) -> dict:
+        names, _ = self._layout(leaves)
+        return dict(zip(names, jax.tree.leaves(self._states(leaves))))
+
+    def apply(self, state: dict, before: dict, delta: dict, used: jax.Array) -> tuple[dict, dict]:
+        """(the new parameter leaves, the new state) from the mean updates ``delta`` (every name
+        of ``self.names``) and ``used`` [K] (whether some client of the round used each expert)."""
+        names, treedef = self._layout(before)
+        states = jax.tree_util.tree_unflatten(treedef, [state[n] for n in names])
+        update = {"shared": self.tx.update, "group": jax.vmap(self.tx.update)}
+        new = {}
+        for role, opt_state in states.items():
+            steps, states[role] = update[role]({n: -delta[n] for n in self.names[role]}, opt_state)
+            new.update({n: before[n] + steps[n] for n in self.names[role]})
+        if "group" in states:
+            def keep(x, old):  # an expert no client used: as it was
+                return jnp.where(used.reshape(used.shape + (1,) * (x.ndim - 1)), x, old)
+            old = jax.tree_util.tree_unflatten(treedef, [state[n] for n in names])["group"]
+            states["group"] = jax.tree.map(keep, states["group"], old)
+            new.update({n: keep(new[n], before[n]) for n in self.names["group"]})
+        return new, dict(zip(names, jax.tree.leaves(states)))
+
+
 def local_training(step, cfg, rows_per_client: int):
     """train(state, rows, constants, key) -> (state, metrics [E, ...]): ``federated.local_steps``
     steps of the unchanged train step on one client's rows (``local_batch`` of them per step,
@@ -165,6 +231,7 @@ def make_round(task, tx, cfg, part: Partition, placement: Placement, sizes: dict
     group_names = [n for n in sent if n in part.where(("group",))]
     global_names = part.where(("global",))
     is_param = {n: k == "param" for n, k in zip(part.names, part.kinds)}
+    server_opt = ServerOptimizer(f, part)
     data_devices = placement.mesh.shape["data"]
     constrain = data_devices > 1 and chunk % data_devices == 0
 
@@ -227,23 +294,32 @@ def make_round(task, tx, cfg, part: Partition, placement: Placement, sizes: dict
         (acc, store), _ = jax.lax.scan(chunk_body, (acc0, store), (ids, valid))
 
         new = dict(before)
+        means = {}  # the mean update Δ of each leaf of the message (DP noise added)
         noise_keys = iter(jax.random.split(k_noise, len(shared_names) + len(group_names)))
         for n in shared_names:
-            mean = acc["shared"][n] / acc["w"]
+            means[n] = acc["shared"][n] / acc["w"]
             if dp and f.dp_noise > 0 and is_param[n]:
-                mean = mean + jax.random.normal(next(noise_keys), mean.shape) * f.dp_noise * f.dp_clip * acc["w_max"] / acc["w"]
-            new[n] = before[n] + mean
+                std = f.dp_noise * f.dp_clip * acc["w_max"] / acc["w"]
+                means[n] += jax.random.normal(next(noise_keys), means[n].shape) * std
+            if not is_param[n]:
+                new[n] = before[n] + means[n]
         for n in group_names:
             wk = acc["wk"].reshape((K,) + (1,) * (before[n].ndim - 1))
-            mean = acc["group"][n] / jnp.maximum(wk, 1e-12)
+            means[n] = acc["group"][n] / jnp.maximum(wk, 1e-12)
             if dp and f.dp_noise > 0 and is_param[n]:
                 std = f.dp_noise * f.dp_clip * acc["wk_max"] / jnp.maximum(acc["wk"], 1e-12)
-                mean = mean + jax.random.normal(next(noise_keys), mean.shape) * std.reshape(wk.shape)
-            new[n] = jnp.where(wk > 0, before[n] + mean, before[n])  # an expert no client used stays
+                means[n] += jax.random.normal(next(noise_keys), means[n].shape) * std.reshape(wk.shape)
+            if not is_param[n]:
+                new[n] = jnp.where(wk > 0, before[n] + means[n], before[n])  # an expert no client used stays
+        # The parameters: the server optimizer's step on the pseudo-gradient -Δ.
+        stepped, opt_state = server_opt.apply(server.get("server_opt", {}), before, means, acc["wk"] > 0)
+        new.update(stepped)
         new.update(acc["global"])
         share = acc["routed"] / C
         server = dict(server, leaves=new, step=server["step"] + E, round=server["round"] + 1,
                       rng=jax.random.key_data(key), route_share=share if task.num_experts else server["route_share"])
+        if opt_state:
+            server["server_opt"] = opt_state
         metrics = {m: v / C for m, v in acc["metrics"].items()}
         if task.num_experts:
             metrics["experts_used"] = jnp.sum(acc["routed"] > 0).astype(jnp.float32)
@@ -273,6 +349,9 @@ def initial_federation(task, tx, cfg, part_sample: dict, constants: dict, num_st
               "step": jnp.zeros((), jnp.int32), "round": jnp.zeros((), jnp.int32),
               "rng": jax.random.key_data(jax.random.fold_in(root, 2**31 - 1)),
               "route_share": jnp.full((K,), 1.0 / K, jnp.float32)}
+    opt_state = ServerOptimizer(cfg.federated, part).init(server["leaves"])
+    if opt_state:  # plain "sgd" keeps none (the server state, and its checkpoint, as before)
+        server["server_opt"] = opt_state
     return server, store, part
 
 
@@ -332,7 +411,9 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
                cfg.train.finetune_changed_data, log)
     save_config(cfg, workdir)
     log(f"schedule: {f.rounds:,} rounds × {f.local_steps} local steps → train.steps={cfg.train.steps:,} "
-        f"(each client's optimizer schedule)")
+        f"(each client's optimizer schedule); server optimizer {f.server_optimizer}, lr {f.server_lr:g}"
+        + (f", β1 {f.server_momentum:g}" if f.server_optimizer != "sgd" else "")
+        + (f", β2 {f.server_b2:g}, τ {f.server_tau:g}" if f.server_optimizer in ("adam", "yogi") else ""))
 
     # ------------------------------------------------------------------ clients, mesh
     data, weights = task.client_data()
@@ -416,7 +497,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         if done % cfg.train.eval_every == 0 or done == rounds:
             evaluate(server, store, done, writer)
         if checkpoint.due(done, rounds, cfg.train):
-            checkpoint.check_finite({"server": server["leaves"], "clients": store}, done, mngr.latest_step())
+            checkpoint.check_finite({"server": server["leaves"], "server_opt": server.get("server_opt", {}),
+                                     "clients": store}, done, mngr.latest_step())
             save(mngr, done, server, store)
         if done == cfg.train.halt_after_step:
             halted = True

@@ -21,7 +21,10 @@ from u2qt.train import distributed
 RESUME_IGNORED = ("train.progress", "train.halt_after_step", "train.finetune_changed_data", "data.strict",
                   "mesh.model", "quantizer.health_rows")
 # Keys added after runs were saved without them: absent from a saved config means this value.
-ADDED_LATER = {"mesh.model": 1, "data.stream_chunk_users": 0}
+ADDED_LATER = {"mesh.model": 1, "data.stream_chunk_users": 0,
+               # the federated server update before it had options: plain FedAvg
+               "federated.server_optimizer": "sgd", "federated.server_lr": 1.0, "federated.server_momentum": 0.9,
+               "federated.server_b2": 0.99, "federated.server_tau": 1e-3}
 FINGERPRINT = "data_fingerprint.json"
 
 
