@@ -429,18 +429,17 @@ class TableDirChunks:
         users_index = self._user_index()
         items = _read_file(src["items"], "items", self.encoding)
         _check_columns(items, src["items"], "items")
-        items_index = pd.Index(_normalize_items(items, src["items"])["item_id"])
+        items_out = _normalize_items(items, src["items"])
+        items_index = pd.Index(items_out["item_id"])
         chunks = -(-len(users_index) // self.chunk_users)
         shutil.rmtree(self.scratch, ignore_errors=True)
         os.makedirs(self.scratch)
         try:
             total = DataReport(source=self.path)
-            template = self._scatter(users_index, items_index, chunks, total)
+            template, pieces = self._scatter(users_index, items_index, chunks, total)
             with_events = np.zeros(len(items_index), bool)
             for c, users in enumerate(_blocks(self._batches("users"), self.chunk_users)):
-                pieces = sorted(f for f in os.listdir(self.scratch) if f.startswith(f"c{c:06d}-"))
-                events = (pd.concat([pd.read_pickle(os.path.join(self.scratch, f)) for f in pieces])
-                          if pieces else template)
+                events = pd.concat([pd.read_pickle(f) for f in pieces[c]]) if pieces[c] else template
                 tables, report = validate_tables(users, items, events, source=src, part=True)
                 for field in ("events_read", "events_unknown_user", "events_unknown_item", "events_duplicate",
                               "events", "users", "users_without_events"):
@@ -450,7 +449,7 @@ class TableDirChunks:
                 yield tables
             total.items = len(items_index)
             total.items_without_events = int((~with_events).sum())
-            total.warnings = table_warnings(total, src, pd.DataFrame({"text": _text(items["text"], missing="")}))
+            total.warnings = table_warnings(total, src, items_out)
             self.report = total
         finally:
             shutil.rmtree(self.scratch, ignore_errors=True)
@@ -469,12 +468,13 @@ class TableDirChunks:
         self.user_ids = ids.tolist()
         return pd.Index(ids.to_numpy())
 
-    def _scatter(self, users_index: pd.Index, items_index: pd.Index, chunks: int, total: DataReport) -> pd.DataFrame:
+    def _scatter(self, users_index: pd.Index, items_index: pd.Index, chunks: int,
+                 total: DataReport) -> tuple[pd.DataFrame, list[list[str]]]:
         """Every events batch's rows to their users' blocks; the rows of unknown users are checked
         and counted as dropped (into ``total``). Returns an empty events frame (a block's events
-        when it has none)."""
+        when it has none) and each block's files, in the events file's order."""
         src = self.files["events"]
-        template = None
+        template, pieces = None, [[] for _ in range(chunks)]
         for b, events in enumerate(self._batches("events")):
             if b == 0:
                 _check_columns(events, src, "events")
@@ -486,10 +486,11 @@ class TableDirChunks:
             for c in range(chunks):
                 rows = order[bounds[c + 1]:bounds[c + 2]]
                 if len(rows):
-                    events.iloc[rows].to_pickle(os.path.join(self.scratch, f"c{c:06d}-{b:06d}.pkl"))
+                    pieces[c].append(os.path.join(self.scratch, f"c{c:06d}-{b:06d}.pkl"))
+                    events.iloc[rows].to_pickle(pieces[c][-1])
         if template is None:
             raise DataError(f"{_where(src, 'events')}: the events table is empty")
-        return template
+        return template, pieces
 
     def _count_unknown_users(self, events: pd.DataFrame, users_index: pd.Index, items_index: pd.Index,
                              total: DataReport) -> None:
