@@ -190,7 +190,7 @@ class CodebookHook:
             exported = nearest
             errors = {v: tuple(np.sum([q[f"error.{v}"] for q in parts], 0)) for v in self.sizes}
         rel_err = {v: float(num / max(den, 1e-12)) for v, (num, den) in errors.items()}
-        dim = _read_part(directory, 0, lambda k: k == "continuous")["continuous"].shape[1] if parts else 0
+        dim = _write_representations(os.path.join(workdir, "representations.npy"), directory, len(starts), n)
         table = SemanticIds(task.row_ids, exported, self.sizes, task.row_kind)
         summary = summarize(exported, self.sizes, dim, rel_err, getattr(task, "labels", None),
                             input_dim=getattr(task, "input_dim", None))
@@ -207,7 +207,6 @@ class CodebookHook:
             summary["ids"]["moved_to_a_free_code"] = float(np.mean(np.any(exported[first] != nearest[first], 1)))
         table.write(os.path.join(workdir, FILENAME))
         np.savez(os.path.join(workdir, "codebooks.npz"), **books)
-        _write_representations(os.path.join(workdir, "representations.npy"), directory, len(starts), n, dim)
         shutil.rmtree(directory)
         return summary, exported
 
@@ -268,18 +267,23 @@ def _read_part(directory: str, i: int, keep=lambda key: True) -> dict:
                            f"and run the same command again to encode every row afresh") from None
 
 
-def _write_representations(path: str, directory: str, count: int, rows: int, dim: int) -> None:
-    """The continuous vectors [rows, dim] float32, copied part by part into a memory-mapped file
-    (never all in memory), written beside and renamed."""
-    out = np.lib.format.open_memmap(path + ".tmp.npy", mode="w+", dtype=np.float32, shape=(rows, dim))
-    at = 0
+def _write_representations(path: str, directory: str, count: int, rows: int) -> int:
+    """The continuous vectors [rows, dim] float32 of the ``count`` parts, copied part by part into
+    a memory-mapped file (never all in memory), written beside and renamed; returns dim."""
+    out, at = None, 0
     for i in range(count):
         c = _read_part(directory, i, lambda k: k == "continuous")["continuous"]
+        if out is None:
+            out = np.lib.format.open_memmap(path + ".tmp.npy", mode="w+", dtype=np.float32, shape=(rows, c.shape[1]))
         out[at:at + len(c)] = c
         at += len(c)
+    if out is None:  # no rows
+        out = np.lib.format.open_memmap(path + ".tmp.npy", mode="w+", dtype=np.float32, shape=(0, 0))
+    dim = out.shape[1]
     out.flush()
     del out
     os.replace(path + ".tmp.npy", path)
+    return dim
 
 
 def summarize(codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int], continuous_dim: int,
