@@ -173,6 +173,7 @@ class ServerOptimizer:
         of ``self.names``) and ``used`` [K] (whether some client of the round used each expert)."""
         names, treedef = self._layout(before)
         states = jax.tree_util.tree_unflatten(treedef, [state[n] for n in names])
+        old = states.get("group")
         update = {"shared": self.tx.update, "group": jax.vmap(self.tx.update)}
         new = {}
         for role, opt_state in states.items():
@@ -181,7 +182,6 @@ class ServerOptimizer:
         if "group" in states:
             def keep(x, old):  # an expert no client used: as it was
                 return jnp.where(used.reshape(used.shape + (1,) * (x.ndim - 1)), x, old)
-            old = jax.tree_util.tree_unflatten(treedef, [state[n] for n in names])["group"]
             states["group"] = jax.tree.map(keep, states["group"], old)
             new.update({n: keep(new[n], before[n]) for n in self.names["group"]})
         return new, dict(zip(names, jax.tree.leaves(states)))
