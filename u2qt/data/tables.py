@@ -272,23 +272,26 @@ def validate_tables(
     *,
     source: str | dict[str, str] = "<memory>",
     part: bool = False,
+    items_checked: pd.DataFrame | None = None,
 ) -> tuple[Tables, DataReport]:
     """Checks and normalizes the three tables (see the module docstring); raises `DataError`.
 
     `source` names where the tables came from (one name, or one per table) for error messages.
     ``part``: ``users`` and ``events`` are a block of larger tables (``TableDirChunks``): the
     block may hold no events, and the warnings about the whole tables are left to the caller.
+    ``items_checked``: ``items`` already checked and normalized (``_normalize_items``) by the
+    caller, used as it is (each block of ``TableDirChunks`` would otherwise do it again).
     """
     src = source if isinstance(source, dict) else {k: source for k in ("users", "items", "events")}
     for name, df in (("users", users), ("items", items), ("events", events)):
-        if not (part and name == "events"):
+        if not (part and name == "events") and not (items_checked is not None and name == "items"):
             _check_columns(df, src[name], name)
 
     user_ids = _ids(users, "user_id", src["users"], "users")
     _unique(user_ids, src["users"], "users", "user_id")
     users_out = pd.DataFrame({"user_id": user_ids.to_numpy(), **{
         k: v.to_numpy() for k, v in _attributes(users, ("user_id",), src["users"], "users").items()}})
-    items_out = _normalize_items(items, src["items"])
+    items_out = _normalize_items(items, src["items"]) if items_checked is None else items_checked
     ev = _normalize_events(events, src["events"])
 
     report = DataReport(source=source if isinstance(source, str) else ", ".join(sorted(set(src.values()))))
@@ -407,7 +410,7 @@ class TableDirChunks:
       3. each block of users is read again with its events and validated (``validate_tables``,
          ``part=True``), and the counts add up to ``report`` (set once every block was given).
 
-    The items table is read whole (it is the small one). Errors name the file and line as the
+    The items table is read whole (it is the small one) and checked once. Errors name the file and line as the
     whole read does; ``report`` equals ``read_table_dir``'s (the same counts and warnings)."""
 
     def __init__(self, path: str, chunk_users: int, scratch: str, encoding: str = "utf-8",
@@ -440,7 +443,7 @@ class TableDirChunks:
             with_events = np.zeros(len(items_index), bool)
             for c, users in enumerate(_blocks(self._batches("users"), self.chunk_users)):
                 events = pd.concat([pd.read_pickle(f) for f in pieces[c]]) if pieces[c] else template
-                tables, report = validate_tables(users, items, events, source=src, part=True)
+                tables, report = validate_tables(users, items, events, source=src, part=True, items_checked=items_out)
                 for field in ("events_read", "events_unknown_user", "events_unknown_item", "events_duplicate",
                               "events", "users", "users_without_events"):
                     setattr(total, field, getattr(total, field) + getattr(report, field))
