@@ -207,6 +207,15 @@ def local_training(step, cfg, rows_per_client: int):
     return train
 
 
+def chunk_size(clients: int, most: int, devices: int) -> int:
+    """Clients per vmap chunk for ``clients`` per round, at most ``most`` (rounded up to a multiple
+    of the ``devices`` the chunk is split over): the chunks as even as they can be, so the last one
+    is not mostly padding (150 clients at most 128: 2 chunks of 75, not 128 + 22 real of 128)."""
+    chunks = -(-clients // max(1, min(most, clients)))
+    chunk = -(-clients // chunks)
+    return -(-chunk // devices) * devices
+
+
 def client_states(part: Partition, server: dict, store: dict, ids: jax.Array) -> dict:
     """The train states of clients ``ids`` [c]: the server's leaves (broadcast) with each
     client's private leaves from its store row."""
@@ -423,8 +432,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     placement = Placement(min(f.clients_per_chunk, C))
     scope.enter_context(jax.set_mesh(placement.mesh))
     devices = placement.mesh.shape["data"]
-    chunk = min(f.clients_per_chunk, C)
-    chunk = -(-chunk // devices) * devices
+    chunk = chunk_size(C, f.clients_per_chunk, devices)
     store_rows = -(-(N + 1) // devices) * devices  # + a spare row the padding slots of a round write
     sizes = {"clients_per_round": C, "chunk": chunk, "rows": next(iter(data.values())).shape[1]}
     constants = {k: jax.device_put(np.asarray(v), placement.replicated) for k, v in task.constants.items()}
