@@ -1,5 +1,8 @@
 """Shared test set-up: paths to the repo and the shared data, one compilation cache per session."""
+import fcntl
 import os
+import pathlib
+import shutil
 
 import pytest
 
@@ -21,6 +24,26 @@ def compile_cache(tmp_path_factory):
     os.environ["U2QT_JAX_CACHE"] = path
     from u2qt.train.workdir import enable_compilation_cache
     enable_compilation_cache(path)
+    return path
+
+
+def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+    """The directory ``name``, filled by ``build(path)`` once per test session: under pytest-xdist
+    the first worker to ask builds it (the other waits on a file lock) and both use it, where a
+    module-scoped fixture would be built by each worker that runs a test of the module. A build
+    that raised leaves nothing marked built (the next to ask builds again). Users must treat the
+    directory as read-only (copy it to change it): the other worker may be reading it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is <run>/popen-gwN
+        base = base.parent
+    path = base / name
+    with open(str(path) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / ".built").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            build(path)
+            (path / ".built").touch()
     return path
 
 

@@ -9,22 +9,29 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, built_once
 from u2qt import config as config_lib
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, compile_cache):
-    """A short user-tokenizer run (synthetic users), exported."""
+    """A short user-tokenizer run (synthetic users), exported; built once per session
+    (``conftest.built_once``), read-only."""
     from u2qt.export import export_run
     from u2qt.train.loop import run
-    root = tmp_path_factory.mktemp("export")
-    cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "default.py:runlocal"))
-    config_lib.apply_override(cfg, "train.progress", "False")
-    config_lib.apply_override(cfg, "data.cache_dir", str(root / "cache"))
-    run(cfg, str(root / "run"))
-    manifest = export_run(str(root / "run"), str(root / "bundle"), platforms=("cpu", "cuda"), log=lambda m: None)
-    return root, cfg, manifest
+
+    def build(root):
+        cfg = config(root)
+        run(cfg, str(root / "run"))
+        export_run(str(root / "run"), str(root / "bundle"), platforms=("cpu", "cuda"), log=lambda m: None)
+
+    def config(root):
+        cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "default.py:runlocal"))
+        config_lib.apply_override(cfg, "train.progress", "False")
+        config_lib.apply_override(cfg, "data.cache_dir", str(root / "cache"))
+        return cfg
+    root = built_once(tmp_path_factory, "export", build)
+    return root, config(root), json.load(open(root / "bundle" / "manifest.json"))
 
 
 @pytest.mark.heavy

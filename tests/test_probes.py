@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, built_once
 
 _spec = importlib.util.spec_from_file_location("train_cli", os.path.join(REPO, "train.py"))
 train_cli = importlib.util.module_from_spec(_spec)
@@ -69,16 +69,18 @@ def _digest(path: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, compile_cache):
-    """A finished small run on the tables format, and its data (relative paths: a copy reruns it)."""
-    root = str(tmp_path_factory.mktemp("probe_base"))
-    _good_tables(root)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        rc, err = _cli(BASE)
-    finally:
-        os.chdir(cwd)
-    assert rc == 0, err
+    """A finished small run on the tables format, and its data (relative paths: a copy reruns it).
+    Built once per session (``conftest.built_once``): tests copy it before changing anything."""
+    def build(root):
+        _good_tables(str(root))
+        cwd = os.getcwd()
+        os.chdir(root)
+        try:
+            rc, err = _cli(BASE)
+        finally:
+            os.chdir(cwd)
+        assert rc == 0, err
+    root = str(built_once(tmp_path_factory, "probe_base", build))
     assert os.path.exists(os.path.join(root, "run", "semantic_ids.parquet"))
     return root
 

@@ -96,10 +96,10 @@ def test_a_ray_sweep_runs_the_local_trials_reports_them_to_tune_and_skips_them_w
     from u2qt import sweep
     fast = {"train.steps": 12, "quantizer.kmeans_at_step": 4, "train.eval_every": 12, "train.checkpoint_every": 6,
             "train.warmup_steps": 2}
-    # The trials differ in a host-side key only: with 2 CPUs a trial, one at a time, the second
-    # reads the first's compiled programs from the compilation cache (as trials that differ in
-    # train.lr or seed would: those are inputs of the step, u2qt/train/step.py).
-    trials = [dict(fast, **{"train.log_every": every}) for every in (6, 12)]
+    # One trial: what Ray adds is the plumbing (a trial is an ordinary run in its workdir, its
+    # metrics reach Tune, a rerun skips it); several trials, their table and ranking are the
+    # local sweep's (tests/test_sweep.py), the same code after the trials ran.
+    trials = [dict(fast, **{"train.log_every": 6})]
     monkeypatch.setattr(sweep, "trials", lambda spec, names: trials)
     directory = str(tmp_path / "s")
     rows = sweep.run_sweep(SPEC, ["seed"], directory, backend="ray", cpus_per_trial=2)
@@ -110,10 +110,10 @@ def test_a_ray_sweep_runs_the_local_trials_reports_them_to_tune_and_skips_them_w
         assert json.load(open(os.path.join(workdir, "overrides.json"))) == overrides
         summary = json.load(open(os.path.join(workdir, "summary.json")))
         assert summary["steps"] == 12 and 0 <= summary["collision_rate"] <= 1
-    assert sorted(r["trial"] for r in rows) == sorted(names) and [r["status"] for r in rows] == ["done", "done"]
-    assert sorted(r["set train.log_every"] for r in rows) == [6, 12]
+    assert [r["trial"] for r in rows] == names and [r["status"] for r in rows] == ["done"]
+    assert rows[0]["set train.log_every"] == 6
     md = open(os.path.join(directory, "results.md")).read()
-    assert "2 of 2 trials finished" in md and all(f"| {name} | done | " in md for name in names)
+    assert "1 of 1 trials finished" in md and all(f"| {name} | done | " in md for name in names)
     assert open(os.path.join(directory, "results.png"), "rb").read(4) == b"\x89PNG"
     # Tune got each trial's final metrics (its own results, under DIR/ray_tune).
     reported = [json.loads(open(p).readline()) for p in glob.glob(os.path.join(directory, "ray_tune", "*", "*",
@@ -125,4 +125,4 @@ def test_a_ray_sweep_runs_the_local_trials_reports_them_to_tune_and_skips_them_w
     rows_again = sweep.run_sweep(SPEC, ["seed"], directory, backend="ray", cpus_per_trial=2)
     assert [os.path.getmtime(os.path.join(directory, "trials", n, "summary.json")) for n in names] == stamps
     assert [r["trial"] for r in rows_again] == [r["trial"] for r in rows]
-    assert len(glob.glob(os.path.join(directory, "ray_tune", "*", "*", "result.json"))) == 4
+    assert len(glob.glob(os.path.join(directory, "ray_tune", "*", "*", "result.json"))) == 2
