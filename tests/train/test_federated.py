@@ -254,6 +254,20 @@ def test_message_and_server_never_hold_private_leaves(fed):
     assert not private & set(server["leaves"]) and set(store) == private
 
 
+def test_a_round_is_cut_into_even_chunks_that_the_devices_divide():
+    from u2qt.train.federated import chunk_size
+    assert chunk_size(150, 128, 1) == 75  # 2 chunks of 75, not 128 + 22 clients in a padded 128
+    assert chunk_size(300, 128, 1) == 100 and chunk_size(300, 300, 1) == 300 and chunk_size(300, 1000, 1) == 300
+    assert chunk_size(7, 3, 1) == 3 and chunk_size(1, 128, 1) == 1
+    assert chunk_size(150, 128, 8) == 80 and chunk_size(5, 128, 4) == 8  # a multiple of the devices
+    for clients in range(1, 300):
+        for most in (1, 7, 32, 128):
+            chunk = chunk_size(clients, most, 1)
+            chunks = -(-clients // chunk)
+            assert chunk <= most and chunks == -(-clients // min(most, clients))  # as few chunks as before
+            assert chunks * chunk - clients < chunks  # less than one padding slot per chunk
+
+
 def test_clients_are_users_random_groups_or_an_attribute():
     from u2qt.tasks.federated import group_users
     np.testing.assert_array_equal(group_users(5, "user"), np.arange(5))
@@ -316,6 +330,54 @@ def test_federated_run_private_state_stays_out_of_the_server_checkpoint_and_resu
     rows = [json.loads(line) for line in open(tmp_path / "whole" / "metrics.jsonl")]
     train = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in train] == [2, 4] and all(r["bytes_up"] > 0 and r["clients"] == 12 for r in train)
+
+
+@pytest.mark.heavy
+def test_clients_split_over_four_devices_train_as_on_one(tmp_path, compile_cache):
+    """A round's client axis sharded over the mesh's data axis (4 CPU devices, 12 clients a round:
+    3 per device, the client store split by rows) ends two rounds with the server and client
+    states of one device (up to the order of the cross-device sums)."""
+    import subprocess
+    import sys
+    import orbax.checkpoint as ocp
+    from u2qt.train.loop import run
+    if len(jax.devices()) != 1:
+        pytest.skip("the reference run needs a one-device process")
+    data = _typed_users(str(tmp_path), users=60)
+    flags = {"federated.client_fraction": 0.2, "model.seq_layers": 1, "federated.rounds": 2,
+             "train.eval_every": 2, "train.checkpoint_every": 2, "train.log_every": 1}
+    one = run(_config(data, "beauty,mrff,runlocal", **flags), str(tmp_path / "one"))
+    argv = [sys.executable, os.path.join(REPO, "train.py"), "--config",
+            os.path.join(REPO, "configs", "federated.py") + ":beauty,mrff,runlocal", "--workdir", str(tmp_path / "four")]
+    argv += [f"--config.{k}={v if isinstance(v, str) else repr(v)}"
+             for k, v in {"data.path": data, "data.max_history": 8, "model.dropout": 0.0, **flags}.items()]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "12 at a time under vmap on 4 cpu device(s)" in done.stdout, done.stdout[-3000:]
+    four = json.load(open(tmp_path / "four" / "summary.json"))
+    scalars = lambda test: {k: v for k, v in test.items() if isinstance(v, float)}
+    assert scalars(four["test"]) == pytest.approx(scalars(one["test"]), abs=1e-6)
+    restore = ocp.StandardCheckpointer().restore
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    for name in ("server", "clients"):
+        a = restore(str(tmp_path / "one" / "checkpoints" / "2" / name))
+        # The four-device checkpoint read onto this one device: 64 store rows there (61 here: 60
+        # clients and the spare row, rounded up to the devices); the 60 clients' rows compared.
+        rows = lambda x: (64,) + x.shape[1:] if name == "clients" else x.shape
+        b = restore(str(tmp_path / "four" / "checkpoints" / "2" / name),
+                    jax.tree.map(lambda x: jax.ShapeDtypeStruct(rows(x), x.dtype, sharding=here), a))
+        far = {}
+        for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+            key = jax.tree_util.keystr(path)
+            x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+            if name == "clients":
+                x, y = x[:60], y[:60]
+            if "key.bias" in key:  # its gradient is 0 (softmax ignores a shift of every logit of a
+                continue           # query): Adam scales rounding noise up to steps of ~lr there
+            if not np.allclose(x, y, rtol=1e-5, atol=1e-6):
+                far[key] = float(np.max(np.abs(x - y)))
+        assert not far, (name, far)
 
 
 @pytest.mark.heavy
