@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from u2qt import config as config_lib
+from u2qt import files
 from u2qt.data.pipeline import in_order_batches
 from u2qt.errors import WorkdirError
 from u2qt.quant import codebooks as cb
@@ -270,26 +271,29 @@ def _read_part(directory: str, i: int, keep=lambda key: True) -> dict:
 def _write_representations(path: str, directory: str, count: int, rows: int) -> int:
     """The continuous vectors [rows, dim] float32 of the ``count`` parts, appended part by part to
     a .npy file (never all in memory, and not memory-mapped: a mapped 10 M × 160 file counted
-    its 6.4 GB of written pages in the process's resident memory), written beside and renamed;
-    returns dim."""
-    dim, at = 0, 0
-    with open(path + ".tmp.npy", "wb") as f:
-        for i in range(max(count, 1)):
-            c = (_read_part(directory, i, lambda k: k == "continuous")["continuous"] if count
-                 else np.zeros((0, 0), np.float32))
-            if i == 0:
-                dim = c.shape[1]
-                np.lib.format.write_array_header_1_0(
-                    f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-                        "shape": (rows, dim)})
-            assert c.shape[1] == dim, (i, c.shape, dim)
-            f.write(np.ascontiguousarray(c, np.float32).tobytes())
-            at += len(c)
+    its 6.4 GB of written pages in the process's resident memory), written whole or not at all
+    (``files.atomic_write``); returns dim."""
+    dims = []
+
+    def write(tmp: str) -> None:
+        if not count:
+            np.save(tmp, np.zeros((0, 0), np.float32))
+            return
+        at = 0
+        with open(tmp, "wb") as f:
+            for i in range(count):
+                c = np.ascontiguousarray(_read_part(directory, i, lambda k: k == "continuous")["continuous"],
+                                         np.float32)
+                if i == 0:
+                    dims.append(c.shape[1])
+                    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(c.dtype),
+                                                             "fortran_order": False, "shape": (rows, c.shape[1])})
+                assert c.shape[1] == dims[0], (i, c.shape, dims[0])
+                f.write(c.tobytes())
+                at += len(c)
         assert at == rows, (at, rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp.npy", path)
-    return dim
+    files.atomic_write(path, write)
+    return dims[0] if dims else 0
 
 
 def summarize(codes_by_view: dict[str, np.ndarray], num_codes: dict[str, int], continuous_dim: int,
