@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import numpy as np
 from array_record.python import array_record_module as ar
 
+from u2qt import files
 from u2qt.data.tables import DataError
 
 MANIFEST = "manifest.json"
@@ -138,12 +139,10 @@ def write_examples(directory: str, chunks: Iterable[Mapping[str, np.ndarray]], *
         extra_files[name] = f"{name}.npy"
     manifest = {"version": LAYOUT_VERSION, "layout": layout.to_json(), "rows": rows, "shards": shards,
                 "fingerprint": h.hexdigest()[:16], "extras": extra_files, "meta": meta() if meta else {}}
-    tmp = os.path.join(directory, MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(directory, MANIFEST))  # last: its presence means the build is complete
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f)
+    files.atomic_write(os.path.join(directory, MANIFEST), write)  # last: its presence means the build is complete
     return StreamedExamples(directory)
 
 

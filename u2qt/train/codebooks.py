@@ -250,11 +250,11 @@ def _part_path(directory: str, i: int) -> str:
 
 
 def _write_part(directory: str, i: int, arrays: dict) -> None:
-    """Whole or not at all: written beside, then renamed (a kill leaves no half part)."""
-    path = _part_path(directory, i)
-    with open(path + ".tmp", "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(path + ".tmp", path)
+    """Whole or not at all (``files.atomic_write``: a kill leaves no half part)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    files.atomic_write(_part_path(directory, i), write)
 
 
 def _read_part(directory: str, i: int, keep=lambda key: True) -> dict:
