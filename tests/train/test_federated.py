@@ -88,7 +88,7 @@ def fed(tmp_path_factory):
                         jnp.arange(n, dtype=jnp.int32), constants)
 
     return dict(cfg=cfg, task=task, part=part, server=server, store=store, data=data, weights=weights,
-                run_round=run_round, local=local)
+                constants=constants, run_round=run_round, local=local)
 
 
 def test_fedavg_of_identical_client_updates_equals_the_single_client_update(fed):
@@ -161,6 +161,29 @@ def test_an_expert_no_client_is_routed_to_stays_as_it_was(fed):
         np.testing.assert_array_equal(new["leaves"][n][1], server["leaves"][n][1], err_msg=n)
         assert not np.array_equal(new["leaves"][n][0], server["leaves"][n][0]), n
     assert float(metrics["experts_used"]) == 1.0
+
+
+def test_private_lr_scale_scales_the_private_step_and_nothing_else(fed):
+    from u2qt.train.step import make_optimizer
+    part, server, store, n = fed["part"], fed["server"], fed["store"], fed["task"].num_clients
+    single, _ = fed["local"](server, store, fed["data"])  # every client's local training at s = 1
+    base, base_store, _ = fed["run_round"](server, store, fed["data"], fed["weights"])
+    private = part.where(("private",), ("param",))
+    assert private and set(private) < set(store)
+    for s in (0.5, 0.0):
+        cfg = fed["cfg"].copy_and_resolve_references()
+        cfg.federated.private_lr_scale = s
+        round_fn = _round(fed["task"], make_optimizer(cfg, fed["task"]), cfg, part, n, n, fed["data"]["inputs"].shape[1])
+        new, new_store, _ = round_fn(jax.tree.map(jnp.copy, server), jax.tree.map(jnp.copy, store), fed["data"],
+                                     fed["weights"], jnp.arange(n, dtype=jnp.int32), fed["constants"])
+        for name in private:  # θ_p + s·(θ_p' − θ_p), each client from its own local training
+            want = np.asarray(store[name][:n]) + s * (np.asarray(single[name]) - np.asarray(store[name][:n]))
+            np.testing.assert_allclose(new_store[name][:n], want, rtol=1e-5, atol=1e-6, err_msg=name)
+        assert not np.allclose(new_store[private[0]][:n], base_store[private[0]][:n])
+        for name in set(store) - set(private):  # their moments: as the local training left them
+            np.testing.assert_array_equal(new_store[name], base_store[name], err_msg=name)
+        for name in new["leaves"]:  # the server's update does not depend on s
+            np.testing.assert_array_equal(new["leaves"][name], base["leaves"][name], err_msg=name)
 
 
 def _server_config(cfg, **keys):

@@ -239,6 +239,7 @@ def make_round(task, tx, cfg, part: Partition, placement: Placement, sizes: dict
     shared_names = [n for n in sent if n in part.where(("shared",))]
     group_names = [n for n in sent if n in part.where(("group",))]
     global_names = part.where(("global",))
+    private_params = part.where(("private",), ("param",))
     is_param = {n: k == "param" for n, k in zip(part.names, part.kinds)}
     server_opt = ServerOptimizer(f, part)
     data_devices = placement.mesh.shape["data"]
@@ -264,10 +265,14 @@ def make_round(task, tx, cfg, part: Partition, placement: Placement, sizes: dict
             rows_of = jnp.minimum(ids_c, weights.shape[0] - 1)  # a padding slot trains on a real client, weight 0
             w = weights[rows_of] * valid_c
             state = on_clients(client_states(part, server, store, ids_c))
+            state_leaves = part.leaves({"params": state["params"], "opt_state": state["opt_state"]})
             rows = on_clients(jax.tree.map(lambda x: x[rows_of], data))
             keys = jax.vmap(lambda c: jax.random.fold_in(k_local, c))(ids_c)
             final, metrics = jax.vmap(local_train, in_axes=(0, 0, None, 0))(state, rows, constants, keys)
             after = part.leaves({"params": final["params"], "opt_state": final["opt_state"]})
+            if f.private_lr_scale != 1:  # θ_p ← θ_p + s·(θ_p' − θ_p): the private step scaled
+                after.update({n: state_leaves[n] + f.private_lr_scale * (after[n] - state_leaves[n])
+                              for n in private_params})
             routes = jax.vmap(task.route)(final["params"])
             on = jax.nn.one_hot(routes, K) * valid_c[:, None]                  # [chunk, K]
             delta = {n: after[n] - before[n] for n in shared_names + group_names}
