@@ -78,3 +78,19 @@ def test_left_padding_keeps_the_last_hidden_state():
     a, _ = model.apply({"params": params}, short)
     b, _ = model.apply({"params": params}, padded)
     np.testing.assert_allclose(a[:, -1], b[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_fresh_private_expert_adds_nothing_until_its_client_trains_it():
+    """Every client's private expert starts at zero output: hidden states at init are the same
+    as with the private experts removed (a random start added each client its own noise), and
+    one gradient step moves the expert away from zero."""
+    model = _model()
+    items = jnp.array([[0, 0, 3, 7, 1, 9, 4, 2]])
+    for seed in (0, 1):
+        params = _params(model, seed)
+        off = jax.tree_util.tree_map_with_path(
+            lambda p, x: jnp.zeros_like(x) if "private_expert" in key_names(p) else x, params)
+        np.testing.assert_array_equal(model.apply({"params": params}, items)[0], model.apply({"params": off}, items)[0])
+    table = model.apply({"params": params}, method=MRFF.item_table)
+    grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, items)[0][:, -1] @ table.T))(params)
+    assert np.abs(np.asarray(grads["blocks_0"]["private_expert"]["Dense_1"]["kernel"])).sum() > 0

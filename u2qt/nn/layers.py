@@ -24,16 +24,19 @@ def masked_mean(values: jax.Array, mask: jax.Array | None = None, axis: int | No
 
 
 class FeedForward(nn.Module):
+    """W_2 gelu(W_1 x + b_1) + b_2; ``zero_out`` starts W_2 at zero (the block adds nothing at init)."""
     dim: int
     hidden: int
     dropout: float = 0.0
+    zero_out: bool = False
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
         y = nn.Dense(self.hidden)(x)
         y = nn.gelu(y)
         y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
-        return nn.Dense(self.dim)(y)
+        out_init = nn.initializers.zeros if self.zero_out else nn.linear.default_kernel_init
+        return nn.Dense(self.dim, kernel_init=out_init)(y)
 
 
 class AttentionBlock(nn.Module):
