@@ -12,12 +12,12 @@ The equations, in one place (per block l, pre-LayerNorm, residual):
     y = LN_2(h)
     x' = h + p_k* · E^g_k*(y) + E^p(y)                      group expert + private user expert
     L_bal = α · K · Σ_k f_k · p_k                           balance loss
-where E(y) = W_2 gelu(W_1 y + b_1) + b_2 (E^p's W_2 starts at zero: a client's private expert adds
-nothing until the client trains it; from a random start each client's expert added its own O(1)
-vector to a residual stream whose item embeddings start at 0.02, noise the shared layers could
-not learn away, and MRFF lagged FedAvg SASRec from the first rounds), and f_k is the share of the clients routed to expert k in
+where E(y) = W_2 gelu(W_1 y + b_1) + b_2, and f_k is the share of the clients routed to expert k in
 the previous round (a constant here: the server's count, ``route_share``). The scale p_k* lets the
-recommendation loss train the gate (Switch-Transformer style).
+recommendation loss train the gate (Switch-Transformer style). E^p's W_2 starts at zero: a client's
+private expert adds nothing until the client trains it. (From a random start each client's expert
+added its own O(1) vector to a residual stream whose item embeddings start at 0.02, noise the
+shared layers could not learn away, and MRFF lagged FedAvg SASRec from the first rounds.)
 
 Which parameters are whose (``parameter_role``): "private" = the user embedding u and every block's
 private expert; "group" = the stacked group experts (expert axis first); "shared" = everything
