@@ -319,6 +319,7 @@ def federated() -> ml_collections.ConfigDict:
     m.experts = 4  # K group experts, each a feed-forward of width 4 · dim
     m.private_hidden = 16  # width of each block's private user expert (kept per client: memory × clients)
     m.gate_hidden = 32  # the gating MLP u → K route logits
+    m.expert_start = "copies"  # the K group experts start as copies of one draw | independent draws
 
     lo = c.loss = ml_collections.ConfigDict()
     lo.balance_weight = 0.01  # α of the balance loss α · K · Σ_k f_k · p_k
@@ -501,6 +502,7 @@ CONSTRAINTS = {
     "model.experts": _INT_AT_LEAST_1,
     "model.private_hidden": _INT_AT_LEAST_1,
     "model.gate_hidden": _INT_AT_LEAST_1,
+    "model.expert_start": _one_of("copies", "independent"),
     "federated.rounds": _INT_AT_LEAST_1,
     "federated.client_fraction": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "federated.local_steps": _INT_AT_LEAST_1,

@@ -94,3 +94,14 @@ def test_a_fresh_private_expert_adds_nothing_until_its_client_trains_it():
     table = model.apply({"params": params}, method=MRFF.item_table)
     grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, items)[0][:, -1] @ table.T))(params)
     assert np.abs(np.asarray(grads["blocks_0"]["private_expert"]["Dense_1"]["kernel"])).sum() > 0
+
+
+def test_group_experts_start_as_copies_of_one_draw_or_as_independent_draws():
+    copies = _params(_model())["blocks_0"]["group_expert"]
+    for name in ("w_in", "w_out"):
+        w = np.asarray(copies[name])
+        assert w.std() > 0.05  # a real draw, not zeros
+        np.testing.assert_array_equal(w, np.broadcast_to(w[0], w.shape))
+    independent = _params(_model(expert_start="independent"))["blocks_0"]["group_expert"]["w_in"]
+    assert not np.allclose(independent[0], independent[1])
+    np.testing.assert_allclose(np.asarray(copies["w_in"]).std(), np.asarray(independent).std(), rtol=0.2)

@@ -65,17 +65,30 @@ def expert_ffn(w: dict, y: jax.Array, dropout: nn.Dropout, deterministic: bool) 
     return h @ w["w_out"] + w["b_out"]
 
 
+EXPERT_STARTS = ("copies", "independent")
+
+
+def copies_init(init):
+    """An initializer of [K, ...] that draws one [...] from ``init`` and repeats it K times."""
+    return lambda key, shape, dtype=jnp.float32: jnp.broadcast_to(init(key, shape[1:], dtype), shape)
+
+
 class GroupExperts(nn.Module):
-    """K feed-forward experts stacked on a leading axis; only the routed one is computed."""
+    """K feed-forward experts stacked on a leading axis; only the routed one is computed. They start
+    as K copies of one feed-forward (``start`` "copies") or each from its own draw ("independent")."""
     experts: int
     dim: int
     hidden: int
     dropout: float = 0.0
+    start: str = "copies"
 
     @nn.compact
     def __call__(self, y, k, scale, deterministic: bool):
         K, d, h = self.experts, self.dim, self.hidden
-        init = nn.initializers.lecun_normal(batch_axis=(0,))
+        if self.start not in EXPERT_STARTS:
+            raise ValueError(f"expert_start {self.start!r} is not one of {EXPERT_STARTS}")
+        init = (copies_init(nn.initializers.lecun_normal()) if self.start == "copies"
+                else nn.initializers.lecun_normal(batch_axis=(0,)))
         w = {"w_in": self.param("w_in", init, (K, d, h)), "b_in": self.param("b_in", nn.initializers.zeros, (K, h)),
              "w_out": self.param("w_out", init, (K, h, d)), "b_out": self.param("b_out", nn.initializers.zeros, (K, d))}
         chosen = jax.tree.map(lambda a: a[k], w)  # a dynamic slice: the gradient reaches expert k* only
@@ -88,6 +101,7 @@ class MRFFBlock(nn.Module):
     experts: int
     private_hidden: int
     dropout: float = 0.0
+    expert_start: str = "copies"
 
     @nn.compact
     def __call__(self, x, k, scale, mask, deterministic: bool):
@@ -96,7 +110,8 @@ class MRFFBlock(nn.Module):
                                             dropout_rate=self.dropout, deterministic=deterministic)(h, h, mask=mask)
         x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
         y = nn.LayerNorm()(x)
-        group = GroupExperts(self.experts, self.dim, 4 * self.dim, self.dropout, name="group_expert")(
+        group = GroupExperts(self.experts, self.dim, 4 * self.dim, self.dropout, self.expert_start,
+                             name="group_expert")(
             y, k, scale, deterministic)
         private = FeedForward(self.dim, self.private_hidden, self.dropout, zero_out=True,
                               name="private_expert")(y, deterministic)
@@ -115,6 +130,7 @@ class MRFF(nn.Module):
     experts: int = 4
     private_hidden: int = 16
     gate_hidden: int = 32
+    expert_start: str = "copies"
 
     def setup(self):
         if self.d_model % self.num_heads:
@@ -125,7 +141,7 @@ class MRFF(nn.Module):
         self.position_embedding = self.param("position_embedding", init, (self.max_len, d))
         self.user_embedding = self.param("user_embedding", nn.initializers.normal(1.0), (d,))
         self.gate = MLP((self.gate_hidden, self.experts))
-        self.blocks = [MRFFBlock(d, self.num_heads, self.experts, self.private_hidden, self.dropout)
+        self.blocks = [MRFFBlock(d, self.num_heads, self.experts, self.private_hidden, self.dropout, self.expert_start)
                        for _ in range(self.num_layers)]
         self.input_dropout = nn.Dropout(self.dropout)
         self.final_norm = nn.LayerNorm()

@@ -103,7 +103,8 @@ class FederatedRecTask(LeaveOneOut):
         kw = dict(num_items=data.num_items, d_model=m.dim, num_layers=m.seq_layers, num_heads=m.num_heads,
                   dropout=m.dropout, max_len=d.max_history)
         if m.variant == "mrff":
-            self.model = MRFF(experts=m.experts, private_hidden=m.private_hidden, gate_hidden=m.gate_hidden, **kw)
+            self.model = MRFF(experts=m.experts, private_hidden=m.private_hidden, gate_hidden=m.gate_hidden,
+                              expert_start=m.expert_start, **kw)
             self.num_experts = m.experts
             self.constants = {"route_share": np.full(m.experts, 1.0 / m.experts, np.float32)}
         else:
