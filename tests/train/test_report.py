@@ -24,6 +24,19 @@ def test_a_recommender_plot_shows_validation_curves_and_popularity_buckets(tmp_p
     assert open(tmp_path / "p.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_federated_plot_names_its_loss_and_counts_rounds(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    _metrics(tmp_path / "m.jsonl", ["valid_Recall@10"])
+    labels = []
+    real = matplotlib.axes.Axes.set_xlabel
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel", lambda ax, s, **kw: labels.append(s) or real(ax, s, **kw))
+    titles = plot_run(str(tmp_path / "p.png"), str(tmp_path / "m.jsonl"), x_label="round",
+                      loss_title="clients' training loss (mean over local steps)")
+    assert titles[0] == "clients' training loss (mean over local steps)"
+    assert labels and set(labels) == {"round"}
+
+
 def test_a_tokenizer_plot_shows_code_health_and_one_histogram_per_level(tmp_path):
     _metrics(tmp_path / "m.jsonl", ["usage_item_0", "usage_item_1", "collision_rate_item"])
     codes = np.random.default_rng(0).integers(0, 8, size=(50, 2))

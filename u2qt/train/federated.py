@@ -533,7 +533,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         writer.write(rounds, "final", {k: v for k, v in summary.items() if isinstance(v, (int, float))})
         report.plot_run(os.path.join(workdir, "training.png"), os.path.join(workdir, "metrics.jsonl"),
                         title=f"{os.path.basename(os.path.abspath(workdir))}: federated {cfg.model.variant}, "
-                              f"{rounds:,} rounds × {C:,} clients, seed {cfg.seed}", test=summary.get("test"))
+                              f"{rounds:,} rounds × {C:,} clients, seed {cfg.seed}", test=summary.get("test"),
+                        x_label="round", loss_title="clients' training loss (mean over local steps)")
     writer.close()
     log(report.summary_text(summary, workdir, "user"))
     return summary

@@ -61,13 +61,13 @@ def summary_text(summary: dict, workdir: str, row_kind: str = "user") -> str:
     return "\n".join(lines)
 
 
-def _curves(ax, rows: list[dict], keys: list[str], name: str, markers: bool = False) -> None:
+def _curves(ax, rows: list[dict], keys: list[str], name: str, markers: bool = False, x_label: str = "step") -> None:
     for k in keys:
         xs = [r["step"] for r in rows if k in r]
         if xs:
             ax.plot(xs, [r[k] for r in rows if k in r], label=k, marker="o" if markers else None, markersize=3)
     ax.set_title(name, fontsize=9)
-    ax.set_xlabel("step")
+    ax.set_xlabel(x_label)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
 
@@ -87,12 +87,13 @@ def _by_popularity(ax, buckets: list[dict]) -> None:
 
 def plot_run(path: str, metrics_jsonl: str, title: str = "", codes_by_view: dict[str, np.ndarray] | None = None,
              num_codes: dict[str, int] | None = None, test: dict | None = None,
-             selected: dict | None = None) -> list[str]:
+             selected: dict | None = None, x_label: str = "step", loss_title: str = "training loss") -> list[str]:
     """Every run's ``training.png``, titled with the run: training loss and loss terms; for a
     tokenizer (``codes_by_view``) the quantization error, code usage and collision rate at each
     evaluation and each level's final code-usage histogram; for a task that evaluates, the
     validation metrics over training (the selected step marked) and the test metrics by target
-    popularity (``test["popularity_buckets"]``). Returns the panel titles, in order."""
+    popularity (``test["popularity_buckets"]``). ``x_label`` names the unit of the rows' "step" (a
+    federated run logs rounds). Returns the panel titles, in order."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -102,16 +103,16 @@ def plot_run(path: str, metrics_jsonl: str, title: str = "", codes_by_view: dict
     evals = [r for r in rows if r.get("split") == "eval"]
     first_row = train[0] if train else {}
     terms = [k for k in ("l_sem", "l_cf", "l_align", "rec", "recon", "quant") if k in first_row]
-    panels = [lambda ax: _curves(ax, train, ["loss"], "training loss")]
+    panels = [lambda ax: _curves(ax, train, ["loss"], loss_title, x_label=x_label)]
     if len(terms) > 1:  # one term is the loss itself
-        panels.append(lambda ax: _curves(ax, train, terms, "loss terms"))
+        panels.append(lambda ax: _curves(ax, train, terms, "loss terms", x_label=x_label))
     valid = sorted({k for r in evals for k in r if k.startswith("valid_")})
     if valid:
         def validation(ax):
-            _curves(ax, evals, valid, "validation metrics at each evaluation", markers=True)
+            _curves(ax, evals, valid, "validation metrics at each evaluation", markers=True, x_label=x_label)
             if selected:
                 ax.axvline(selected["step"], color="grey", linestyle="--", linewidth=1)
-                ax.annotate(f"selected: step {selected['step']}", (selected["step"], ax.get_ylim()[1]),
+                ax.annotate(f"selected: {x_label} {selected['step']}", (selected["step"], ax.get_ylim()[1]),
                             fontsize=7, ha="right", va="top")
         panels.append(validation)
     if test and test.get("popularity_buckets"):
