@@ -49,9 +49,11 @@ def get_config(arg=None):
     c.train.warmup_steps = 8
     c.federated.local_steps = 4
     c.federated.rounds, c.federated.client_fraction = (300, 0.05) if dataset == "ml1m" else (100, 0.01)
-    # MRFF's private leaves see only their own client's row, at every visit, and fit it: a tenth of
-    # the shared step (federated.private_lr_scale) measured better than 1 on ML-1M.
-    c.federated.private_lr_scale = 0.1
+    # MRFF's private leaves see only their own client's row, at every visit, and fit it: a hundredth
+    # of the shared step (federated.private_lr_scale) measured best on ML-1M: validation Recall@10 at
+    # round 100 0.1544 against 0.1470 at a tenth and 0.1030 at 1 (round 75); test Recall@10 after
+    # 300 rounds 0.1624 (group experts starting as copies) against 0.1437 at a tenth.
+    c.federated.private_lr_scale = 0.01
     c.train.log_every = 10
     c.train.eval_every = 50 if dataset == "ml1m" else 25
     c.train.checkpoint_every = 25
