@@ -15,7 +15,9 @@ The equations, in one place (per block l, pre-LayerNorm, residual):
 where E(y) = W_2 gelu(W_1 y + b_1) + b_2, and f_k is the share of the clients routed to expert k in
 the previous round (a constant here: the server's count, ``route_share``). The scale p_k* lets the
 recommendation loss train the gate (Switch-Transformer style). E^p's W_2 starts at zero: a client's
-private expert adds nothing until the client trains it. (From a random start each client's expert
+private expert adds nothing until the client trains it. The K group experts start as copies of one
+draw (``expert_start``; the reference code's experts are one module), so a fresh MRFF computes the
+same function for every client up to p_k*. (From a random start each client's expert
 added its own O(1) vector to a residual stream whose item embeddings start at 0.02, noise the
 shared layers could not learn away, and MRFF lagged FedAvg SASRec from the first rounds.)
 
