@@ -341,3 +341,30 @@ def test_metrics_log_holds_no_step_twice_after_a_resume(tmp_path):
     writer.close()
     got = [(r["step"], r["split"]) for r in map(json.loads, open(tmp_path / "metrics.jsonl"))]
     assert got == [(10, "train"), (20, "train"), (20, "eval"), (30, "train")]
+
+
+def test_dispatched_steps_wait_once_more_than_two_are_queued_and_drain_in_order():
+    from u2qt.train.step import InFlight
+
+    waited = []
+
+    class Step:  # a step's output; jax.block_until_ready calls this on each leaf
+        def __init__(self, n):
+            self.n = n
+
+        def block_until_ready(self):
+            waited.append(self.n)
+            return self
+
+    q = InFlight(limit=2)
+    q.add({"loss": Step(0)})
+    q.add({"loss": Step(1)})
+    assert waited == []  # two queued: the host runs ahead
+    q.add({"loss": Step(2)})
+    assert waited == [0]  # a third: the host waits for the oldest
+    q.add({"loss": Step(3)})
+    assert waited == [0, 1]
+    q.drain()  # before an evaluation: every queued step, oldest first
+    assert waited == [0, 1, 2, 3]
+    q.drain()
+    assert waited == [0, 1, 2, 3]

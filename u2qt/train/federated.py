@@ -65,7 +65,7 @@ from u2qt.tasks.core import make_task
 from u2qt.tasks.federated import key_names
 from u2qt.train import checkpoint, distributed, report
 from u2qt.train.sharding import Placement
-from u2qt.train.step import init_state, make_optimizer, make_train_step
+from u2qt.train.step import InFlight, init_state, make_optimizer, make_train_step
 from u2qt.train.workdir import (MetricsWriter, check_data, data_fingerprint, open_workdir, run_once_options,
                                 save_config)
 
@@ -477,6 +477,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     log(f"round compiled in {time.time() - t0:.1f}s")
 
     def evaluate(server, store, done, writer):
+        in_flight.drain()  # the evaluation's timing counts the evaluation, not the queued rounds
         ev = task.evaluate(eval_params(part, server, store, N), constants)
         writer.write(done, "eval", ev)
         log(f"eval at round {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if k.endswith("@10")))
@@ -488,9 +489,11 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     progress = Progress(rounds, "federated", "rounds", log=log, initial=start, every_s=float("inf"),
                         bar=bool(cfg.train.progress) and on_terminal())
     halted = False
+    in_flight = InFlight()  # rounds run at most two ahead of the host, so progress counts finished rounds
     t_last, round_last = time.time(), start
     for r in range(start, rounds):
         server, store, metrics = round_step(server, store, data, weights_d, active_d, constants)
+        in_flight.add(metrics)
         done = r + 1
         progress.update(1)
         if done % cfg.train.log_every == 0 or done == rounds:

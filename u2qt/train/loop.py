@@ -15,7 +15,6 @@ resumes from the newest complete checkpoint.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import time
@@ -36,11 +35,10 @@ from u2qt.train import batches as batches_lib
 from u2qt.train import checkpoint, distributed, report
 from u2qt.train.codebooks import CodebookHook
 from u2qt.train.sharding import Placement
-from u2qt.train.step import hparams, init_state, make_optimizer, make_train_step, resolve_epochs
+from u2qt.train.step import InFlight, hparams, init_state, make_optimizer, make_train_step, resolve_epochs
 from u2qt.train.workdir import (MetricsWriter, check_data, data_fingerprint, open_workdir, run_once_options,
                                 save_config)
 
-IN_FLIGHT = 2  # train steps queued ahead of the host
 
 
 def log(msg: str) -> None:
@@ -192,6 +190,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
 
     def evaluate(state, done: int, writer):
         """Code health, the task's validation metrics, and best-so-far selection."""
+        in_flight.drain()  # the evaluation's timing counts the evaluation, not the queued steps
         ev = {}
         if hook:
             ev.update(hook.evaluate(state["params"]))
@@ -219,7 +218,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
                         bar=bool(cfg.train.progress) and on_terminal() and distributed.is_main())
     t_last, step_last = time.time(), start
     halted = False
-    in_flight = collections.deque()
+    in_flight = InFlight()
     for step in range(start, steps):
         if hook:
             state = hook.before_step(state, step)
@@ -229,11 +228,9 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
             local = next(train_iter)
             check_batch(local, step)
             state, metrics = step_fn(state, placement.local_to_device(local, task.model_keys), constants)
-        # Steps are dispatched asynchronously; at most IN_FLIGHT run ahead of the host, so the
-        # device always has the next step queued while the progress bar counts finished steps.
-        in_flight.append(metrics)
-        if len(in_flight) > IN_FLIGHT:
-            jax.block_until_ready(in_flight.popleft())
+        # At most two steps run ahead of the host: the device always has the next step queued
+        # while the progress bar counts finished steps.
+        in_flight.add(metrics)
         done = step + 1
         progress.update(1)
         if done % cfg.train.log_every == 0 or done == steps:

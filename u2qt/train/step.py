@@ -19,6 +19,7 @@ result.
 """
 from __future__ import annotations
 
+import collections
 import math
 
 import jax
@@ -35,6 +36,30 @@ from u2qt.train import codebooks
 # a short run still logs about 20 times).
 FIT_SHARE = {"train.warmup_steps": 0.1, "quantizer.kmeans_at_step": 0.1, "train.log_every": 0.05,
              "train.eval_every": 0.25, "train.checkpoint_every": 0.5}
+
+
+class InFlight:
+    """Steps (or rounds) dispatched asynchronously, at most `limit` ahead of the host.
+
+    JAX returns from a jitted call before the device has run it. A loop that only dispatches would
+    count steps it has queued, not run, in its progress and would charge the queued work to
+    whatever it times next (an evaluation); `add` each step's output and the host waits once the
+    queue is longer than `limit`, so the device still has the next step queued.
+    """
+
+    def __init__(self, limit: int = 2):
+        self.limit = limit
+        self._queue = collections.deque()
+
+    def add(self, out) -> None:
+        self._queue.append(out)
+        while len(self._queue) > self.limit:
+            jax.block_until_ready(self._queue.popleft())
+
+    def drain(self) -> None:
+        """Wait for every queued step, e.g. before timing an evaluation."""
+        while self._queue:
+            jax.block_until_ready(self._queue.popleft())
 
 
 def resolve_epochs(cfg, rows: int, log=print) -> None:
