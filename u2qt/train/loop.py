@@ -40,7 +40,6 @@ from u2qt.train.workdir import (MetricsWriter, check_data, data_fingerprint, ope
                                 save_config)
 
 
-
 def log(msg: str) -> None:
     if distributed.is_main():
         print(msg, flush=True)
