@@ -57,6 +57,7 @@ def get_config(arg=None):
     # round 100 0.1544 against 0.1470 at a tenth and 0.1030 at 1 (round 75); test Recall@10 after
     # 300 rounds 0.1624 (group experts starting as copies) against 0.1437 at a tenth.
     c.federated.private_lr_scale = 0.01
+    c.federated.user_embedding_lr_scale = 0.01
     c.train.log_every = 10
     c.train.eval_every = 50 if dataset == "ml1m" else 25
     c.train.checkpoint_every = 25

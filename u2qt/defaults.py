@@ -333,10 +333,13 @@ def federated() -> ml_collections.ConfigDict:
     fe.grouping = "user"  # user (a client per user) | random (groups of group_size) | attribute
     fe.group_size = 10  # grouping=random
     fe.group_attribute = "gender"  # grouping=attribute: the user attribute (MovieLens-1M only)
-    # The private parameters' local step relative to the shared ones' (θ_p ← θ_p + s·(θ_p' − θ_p)
+    # The private experts' local step relative to the shared parameters' (θ_p ← θ_p + s·(θ_p' − θ_p)
     # after the local steps). A client's private leaves see only its own rows, every time it is
     # sampled; at s = 1 they fit those rows (see README, federated results).
     fe.private_lr_scale = 1.0
+    # The same for the private user embedding u alone (the gate's input: it decides the client's
+    # route); private_lr_scale then scales only the private experts.
+    fe.user_embedding_lr_scale = 1.0
     fe.dp_clip = 0.0  # DP-FedAvg: L2 clip of each client's update (0 = off)
     fe.dp_noise = 0.0  # DP-FedAvg: Gaussian noise multiplier z (std z · clip · max weight / Σ weights)
     # The server optimizer on the pseudo-gradient -Δ (Δ: the round's mean client update; Reddi et al.
@@ -512,6 +515,7 @@ CONSTRAINTS = {
     "federated.group_size": _INT_AT_LEAST_1,
     "federated.dp_clip": _AT_LEAST_0,
     "federated.private_lr_scale": _AT_LEAST_0,
+    "federated.user_embedding_lr_scale": _AT_LEAST_0,
     "federated.dp_noise": _AT_LEAST_0,
     "federated.server_optimizer": _one_of(*SERVER_OPTIMIZERS),
     "federated.server_lr": (lambda v: v > 0, "> 0"),

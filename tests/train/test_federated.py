@@ -109,10 +109,11 @@ def test_fedavg_of_identical_client_updates_equals_the_single_client_update(fed)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=n)
         moved += not np.array_equal(got, before)
     assert moved > 10 and int(new["round"]) == 1 and int(new["step"]) == fed["cfg"].federated.local_steps
-    s = fed["cfg"].federated.private_lr_scale  # the private parameters' step: θ_p + s·(θ_p' − θ_p)
+    f = fed["cfg"].federated  # the private parameters' step: θ_p + s·(θ_p' − θ_p)
     for n in new_store:
         want = single[n][:5]
         if n in part.where(("private",), ("param",)):
+            s = f.user_embedding_lr_scale if n == "params.user_embedding" else f.private_lr_scale
             want = same_store[n][:5] + s * (want - same_store[n][:5])
         np.testing.assert_allclose(new_store[n][:5], want, rtol=1e-5, atol=1e-6, err_msg=n)
 
@@ -167,23 +168,29 @@ def test_an_expert_no_client_is_routed_to_stays_as_it_was(fed):
     assert float(metrics["experts_used"]) == 1.0
 
 
-def test_private_lr_scale_scales_the_private_step_and_nothing_else(fed):
+def test_private_lr_scales_scale_the_private_steps_and_nothing_else(fed):
+    """private_lr_scale scales the private experts' step, user_embedding_lr_scale the user
+    embedding's, each on its own; neither touches the moments or the server's update."""
     from u2qt.train.step import make_optimizer
     part, server, store, n = fed["part"], fed["server"], fed["store"], fed["task"].num_clients
     single, _ = fed["local"](server, store, fed["data"])  # every client's local training at s = 1
     base, base_store, _ = fed["run_round"](server, store, fed["data"], fed["weights"])
     private = part.where(("private",), ("param",))
-    assert private and set(private) < set(store)
-    for s in (0.5, 0.0):
+    user = "params.user_embedding"
+    assert user in private and len(private) > 1 and set(private) < set(store)
+    for s, s_user in ((0.5, 0.5), (0.0, 1.0), (1.0, 0.0)):
         cfg = fed["cfg"].copy_and_resolve_references()
         cfg.federated.private_lr_scale = s
+        cfg.federated.user_embedding_lr_scale = s_user
         round_fn = _round(fed["task"], make_optimizer(cfg, fed["task"]), cfg, part, n, n, fed["data"]["inputs"].shape[1])
         new, new_store, _ = round_fn(jax.tree.map(jnp.copy, server), jax.tree.map(jnp.copy, store), fed["data"],
                                      fed["weights"], jnp.arange(n, dtype=jnp.int32), fed["constants"])
         for name in private:  # θ_p + s·(θ_p' − θ_p), each client from its own local training
-            want = np.asarray(store[name][:n]) + s * (np.asarray(single[name]) - np.asarray(store[name][:n]))
+            scale = s_user if name == user else s
+            want = np.asarray(store[name][:n]) + scale * (np.asarray(single[name]) - np.asarray(store[name][:n]))
             np.testing.assert_allclose(new_store[name][:n], want, rtol=1e-5, atol=1e-6, err_msg=name)
-        assert not np.allclose(new_store[private[0]][:n], base_store[private[0]][:n])
+            moved = not np.allclose(new_store[name][:n], store[name][:n], rtol=0, atol=1e-7)
+            assert moved == (scale > 0), (name, scale)
         for name in set(store) - set(private):  # their moments: as the local training left them
             np.testing.assert_array_equal(new_store[name], base_store[name], err_msg=name)
         for name in new["leaves"]:  # the server's update does not depend on s

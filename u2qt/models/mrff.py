@@ -50,6 +50,12 @@ def parameter_role(path: tuple[str, ...]) -> str:
     return "shared"
 
 
+def is_user_embedding(path) -> bool:
+    """Whether the parameter at ``path`` (its key names) is the private user embedding u, the gate's
+    input: the one private leaf that decides the client's route (its step: federated.user_embedding_lr_scale)."""
+    return "user_embedding" in tuple(path)
+
+
 def route(probs: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Top-1 route: (k* = argmax p, p_k*) of the route probabilities p [K]."""
     k = jnp.argmax(probs, axis=-1)

@@ -60,6 +60,7 @@ from u2qt import defaults
 from u2qt import files
 from u2qt.data.tfds_builder import examples_fingerprint
 from u2qt.errors import STORAGE_ERRNOS, ConfigError, NonFiniteError, WorkdirError
+from u2qt.models.mrff import is_user_embedding
 from u2qt.progress import Progress, on_terminal
 from u2qt.tasks.core import make_task
 from u2qt.tasks.federated import key_names
@@ -240,6 +241,8 @@ def make_round(task, tx, cfg, part: Partition, placement: Placement, sizes: dict
     group_names = [n for n in sent if n in part.where(("group",))]
     global_names = part.where(("global",))
     private_params = part.where(("private",), ("param",))
+    private_scale = {n: f.user_embedding_lr_scale if is_user_embedding(n.split(".")) else f.private_lr_scale
+                     for n in private_params}
     is_param = {n: k == "param" for n, k in zip(part.names, part.kinds)}
     server_opt = ServerOptimizer(f, part)
     data_devices = placement.mesh.shape["data"]
@@ -270,9 +273,9 @@ def make_round(task, tx, cfg, part: Partition, placement: Placement, sizes: dict
             keys = jax.vmap(lambda c: jax.random.fold_in(k_local, c))(ids_c)
             final, metrics = jax.vmap(local_train, in_axes=(0, 0, None, 0))(state, rows, constants, keys)
             after = part.leaves({"params": final["params"], "opt_state": final["opt_state"]})
-            if f.private_lr_scale != 1:  # θ_p ← θ_p + s·(θ_p' − θ_p): the private step scaled
-                after.update({n: state_leaves[n] + f.private_lr_scale * (after[n] - state_leaves[n])
-                              for n in private_params})
+            # θ_p ← θ_p + s·(θ_p' − θ_p): the private step scaled (s of each private leaf: private_scale)
+            after.update({n: state_leaves[n] + private_scale[n] * (after[n] - state_leaves[n])
+                          for n in private_params if private_scale[n] != 1})
             routes = jax.vmap(task.route)(final["params"])
             on = jax.nn.one_hot(routes, K) * valid_c[:, None]                  # [chunk, K]
             delta = {n: after[n] - before[n] for n in shared_names + group_names}
