@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from u2qt.models.mrff import MRFF, balance_loss, parameter_role, route
+from u2qt.models.mrff import MRFF, balance_loss, parameter_role, route, without_private_experts
 from u2qt.tasks.federated import key_names
 
 ITEMS = 30
@@ -88,12 +88,36 @@ def test_a_fresh_private_expert_adds_nothing_until_its_client_trains_it():
     items = jnp.array([[0, 0, 3, 7, 1, 9, 4, 2]])
     for seed in (0, 1):
         params = _params(model, seed)
-        off = jax.tree_util.tree_map_with_path(
-            lambda p, x: jnp.zeros_like(x) if "private_expert" in key_names(p) else x, params)
+        off = without_private_experts(params)
         np.testing.assert_array_equal(model.apply({"params": params}, items)[0], model.apply({"params": off}, items)[0])
     table = model.apply({"params": params}, method=MRFF.item_table)
     grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, items)[0][:, -1] @ table.T))(params)
     assert np.abs(np.asarray(grads["blocks_0"]["private_expert"]["Dense_1"]["kernel"])).sum() > 0
+
+
+def test_without_private_experts_removes_the_private_expert_term_and_nothing_else():
+    """With trained (nonzero) private experts the hidden states change when they are removed, and
+    equal those of the same parameters whose private experts' output layer is zero (E^p = 0); every
+    other leaf is left as it is, on one client's parameters and on parameters stacked over clients."""
+    model = _model()
+    items = jnp.array([[0, 0, 3, 7, 1, 9, 4, 2]])
+    params = _params(model)
+    keys = iter(jax.random.split(jax.random.key(5), 8))
+    trained = jax.tree_util.tree_map_with_path(
+        lambda p, x: jax.random.normal(next(keys), x.shape) if "private_expert" in key_names(p) else x, params)
+    out_zero = jax.tree_util.tree_map_with_path(
+        lambda p, x: jnp.zeros_like(x) if {"private_expert", "Dense_1"} <= set(key_names(p)) else x, trained)
+    off = without_private_experts(trained)
+    hidden = model.apply({"params": trained}, items)[0]
+    hidden_off = model.apply({"params": off}, items)[0]
+    assert np.abs(np.asarray(hidden - hidden_off)).max() > 1e-3
+    np.testing.assert_allclose(hidden_off, model.apply({"params": out_zero}, items)[0], rtol=1e-6, atol=1e-6)
+    stacked = jax.tree.map(lambda x: jnp.stack([x, x + 1]), trained)
+    before = jax.tree_util.tree_flatten_with_path(stacked)[0]
+    after = jax.tree.leaves(without_private_experts(stacked))
+    for (p, x), y in zip(before, after, strict=True):
+        want = jnp.zeros_like(x) if "private_expert" in key_names(p) else x
+        np.testing.assert_array_equal(y, want, err_msg=".".join(key_names(p)))
 
 
 def test_group_experts_start_as_copies_of_one_draw_or_as_independent_draws():

@@ -347,6 +347,7 @@ def test_federated_run_private_state_stays_out_of_the_server_checkpoint_and_resu
     assert halted == {"halted_at": 2}
     resumed = run(cfg, str(tmp_path / "split"))
     assert resumed["test"] == whole["test"]
+    assert {"private_off_Recall@10", "private_off_NDCG@10"} <= set(whole["test"])  # MRFF's ablation row
     for name in ("server", "clients"):
         a = ocp.StandardCheckpointer().restore(str(tmp_path / "whole" / "checkpoints" / "4" / name))
         b = ocp.StandardCheckpointer().restore(str(tmp_path / "split" / "checkpoints" / "4" / name))
@@ -429,3 +430,5 @@ def test_trained_mrff_beats_the_untrained_model(tmp_path, compile_cache):
     # The next item is one of the 10 of the user's block, among 40: untrained ranks it ~at random.
     assert trained["Recall@10"] >= untrained["Recall@10"] + 0.3, (trained, untrained)
     assert trained["NDCG@10"] >= untrained["NDCG@10"] + 0.2, (trained, untrained)
+    # Fresh private experts add nothing: zeroing them leaves the untrained ranking as it is.
+    assert untrained["private_off_Recall@10"] == untrained["Recall@10"]

@@ -56,6 +56,14 @@ def is_user_embedding(path) -> bool:
     return "user_embedding" in tuple(path)
 
 
+def without_private_experts(params: dict) -> dict:
+    """``params`` with every block's private user expert zeroed (E^p(y) = 0·gelu(0) + 0 = 0): MRFF
+    without its private experts, the ablation that shows what they add. Works on stacked (per-client)
+    leaves as on one client's."""
+    return {k: jax.tree.map(jnp.zeros_like, v) if k == "private_expert"
+            else without_private_experts(v) if isinstance(v, dict) else v for k, v in params.items()}
+
+
 def route(probs: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Top-1 route: (k* = argmax p, p_k*) of the route probabilities p [K]."""
     k = jnp.argmax(probs, axis=-1)

@@ -22,7 +22,8 @@ shares of the previous round, ``constants["route_share"]``).
 
 Evaluation: each user's cases are scored with the parameters of the user's client (its private
 ones included): ``ranks`` takes the parameters with every private leaf stacked over clients
-[num_clients, ...] (the shared and group ones as they are).
+[num_clients, ...] (the shared and group ones as they are). MRFF's report adds the test metrics
+with the private experts zeroed ("private_off_*"), the measure of what they add.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from u2qt.data.sequences import leave_one_out, next_item_examples
 from u2qt.errors import ConfigError, DataError
 from u2qt.eval import ranking
 from u2qt.losses import item_softmax_loss
-from u2qt.models.mrff import MRFF, balance_loss, mrff_scores, parameter_role, route
+from u2qt.models.mrff import MRFF, balance_loss, mrff_scores, parameter_role, route, without_private_experts
 from u2qt.models.sasrec import SASRec, sasrec_loss, sasrec_scores
 from u2qt.tasks.efficientrec import read_interactions
 from u2qt.tasks.recommender import LeaveOneOut
@@ -172,6 +173,15 @@ class FederatedRecTask(LeaveOneOut):
         axes = jax.tree.map(lambda r: 0 if r == "private" else None, roles)
         fn = mrff_scores if self.num_experts else sasrec_scores
         return jax.vmap(lambda p, h: fn(p, h[None], self.model)[0], in_axes=(axes, 0))(rows, history)
+
+    def report(self, params, constants) -> dict:
+        """The shared report; for MRFF also the test metrics with every client's private experts
+        zeroed ("private_off_*"): what the private experts add to the ranking."""
+        out = super().report(params, constants)
+        if self.num_experts:
+            ranks = self.ranks(without_private_experts(params), constants, self.test_cases, "test, private experts off")
+            out.update({f"private_off_{k}": v for k, v in ranking.metrics_from_ranks(ranks).items()})
+        return out
 
     def ranks(self, params, constants, cases: ranking.EvalCases, desc: str = "evaluation") -> np.ndarray:
         clients = jnp.asarray(self.client_of_user)
