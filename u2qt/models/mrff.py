@@ -36,8 +36,10 @@ import jax.numpy as jnp
 from u2qt.models.sasrec import attention_mask, item_logits, represent_items
 from u2qt.nn.layers import MLP, FeedForward
 
-PRIVATE_NAMES = ("user_embedding", "private_expert")
-GROUP_NAMES = ("group_expert",)
+USER_EMBEDDING, PRIVATE_EXPERT = "user_embedding", "private_expert"  # the private parameters' names
+PRIVATE_NAMES = (USER_EMBEDDING, PRIVATE_EXPERT)
+GROUP_EXPERT = "group_expert"
+GROUP_NAMES = (GROUP_EXPERT,)
 ROLES = ("shared", "group", "private")
 
 
@@ -53,14 +55,14 @@ def parameter_role(path: tuple[str, ...]) -> str:
 def is_user_embedding(path) -> bool:
     """Whether the parameter at ``path`` (its key names) is the private user embedding u, the gate's
     input: the one private leaf that decides the client's route (its step: federated.user_embedding_lr_scale)."""
-    return "user_embedding" in tuple(path)
+    return USER_EMBEDDING in tuple(path)
 
 
 def without_private_experts(params: dict) -> dict:
     """``params`` with every block's private user expert zeroed (E^p(y) = 0·gelu(0) + 0 = 0): MRFF
     without its private experts, the ablation that shows what they add. Works on stacked (per-client)
     leaves as on one client's."""
-    return {k: jax.tree.map(jnp.zeros_like, v) if k == "private_expert"
+    return {k: jax.tree.map(jnp.zeros_like, v) if k == PRIVATE_EXPERT
             else without_private_experts(v) if isinstance(v, dict) else v for k, v in params.items()}
 
 
@@ -127,10 +129,10 @@ class MRFFBlock(nn.Module):
         x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
         y = nn.LayerNorm()(x)
         group = GroupExperts(self.experts, self.dim, 4 * self.dim, self.dropout, self.expert_start,
-                             name="group_expert")(
+                             name=GROUP_EXPERT)(
             y, k, scale, deterministic)
         private = FeedForward(self.dim, self.private_hidden, self.dropout, zero_out=True,
-                              name="private_expert")(y, deterministic)
+                              name=PRIVATE_EXPERT)(y, deterministic)
         return x + nn.Dropout(self.dropout)(group + private, deterministic=deterministic)
 
 
@@ -155,7 +157,7 @@ class MRFF(nn.Module):
         d = self.d_model
         self.id_embedding = self.param("id_embedding", init, (self.num_items + 1, d))
         self.position_embedding = self.param("position_embedding", init, (self.max_len, d))
-        self.user_embedding = self.param("user_embedding", nn.initializers.normal(1.0), (d,))
+        self.user_embedding = self.param(USER_EMBEDDING, nn.initializers.normal(1.0), (d,))
         self.gate = MLP((self.gate_hidden, self.experts))
         self.blocks = [MRFFBlock(d, self.num_heads, self.experts, self.private_hidden, self.dropout, self.expert_start)
                        for _ in range(self.num_layers)]
