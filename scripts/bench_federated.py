@@ -28,7 +28,6 @@ from u2qt import config as config_lib  # noqa: E402
 from u2qt.tasks.federated import FederatedRecTask  # noqa: E402
 from u2qt.train import federated as fed  # noqa: E402
 from u2qt.train.sharding import Placement  # noqa: E402
-from u2qt.train.step import make_optimizer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +53,7 @@ def bench(clients: int, args) -> dict:
         cfg.train.steps = cfg.federated.rounds * cfg.federated.local_steps
         task = FederatedRecTask(cfg, os.path.join(tmp, "cache"), log=lambda m: None)
         data, weights = task.client_data()
-        tx = make_optimizer(cfg, task)
+        tx = fed.client_optimizer(cfg, task)
         sample = {k: np.asarray(v[:1]) for k, v in task.examples.items() if k in task.model_keys}
         server, store, part = fed.initial_federation(task, tx, cfg, sample, task.constants, task.num_clients + 1)
         active = np.flatnonzero(weights > 0).astype(np.int32)

@@ -350,6 +350,15 @@ def federated() -> ml_collections.ConfigDict:
     fe.server_momentum = 0.9  # β1 of momentum, adam and yogi (sgd has none)
     fe.server_b2 = 0.99  # β2 of adam and yogi
     fe.server_tau = 1e-3  # ε of adam and yogi: the adaptivity τ (small τ: more adaptive)
+    # constant | cosine: server_lr warmed up linearly over server_warmup_rounds, then cosine decay to
+    # 5% of it at the last round (the train schedule's shape, in rounds).
+    fe.server_schedule = "constant"
+    fe.server_warmup_rounds = 0
+    # The clients' local optimizer: adamw (the train step's AdamW at train.lr with its warm-up and
+    # cosine schedule; the shared moments averaged like the parameters) | sgd (clip_norm, then plain
+    # SGD at a constant train.lr: no moments, no weight decay; the schedule and the adaptivity are
+    # the server's: server_optimizer=adam with server_schedule=cosine is FedAdam of Reddi et al.).
+    fe.client_optimizer = "adamw"
 
     c.train.lr = 1e-3
     c.train.warmup_steps = 20
@@ -391,6 +400,7 @@ MEMBERSHIPS = ("sigmoid", "softmax")
 FEDERATED_VARIANTS = ("mrff", "sasrec")
 GROUPINGS = ("user", "random", "attribute")
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi")
+CLIENT_OPTIMIZERS = ("adamw", "sgd")
 IMPLEMENTATIONS = ("auto", "reference", "chunked", "pallas_gpu", "pallas_tpu",
                    "pallas_gpu_interpret", "pallas_tpu_interpret")
 
@@ -522,6 +532,9 @@ CONSTRAINTS = {
     "federated.server_momentum": _PROBABILITY,
     "federated.server_b2": _PROBABILITY,
     "federated.server_tau": (lambda v: v > 0, "> 0"),
+    "federated.server_schedule": _one_of("constant", "cosine"),
+    "federated.server_warmup_rounds": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "federated.client_optimizer": _one_of(*CLIENT_OPTIMIZERS),
 }
 
 

@@ -41,11 +41,10 @@ def _setup(cfg, tmp_path):
     """(task, tx, part, server, store, data, weights, constants) as the trainer builds them."""
     from u2qt.tasks.federated import FederatedRecTask
     from u2qt.train import federated as fed
-    from u2qt.train.step import make_optimizer
     cfg.train.steps = cfg.federated.rounds * cfg.federated.local_steps
     task = FederatedRecTask(cfg, str(tmp_path / "cache"), log=lambda m: None)
     data, weights = task.client_data()
-    tx = make_optimizer(cfg, task)
+    tx = fed.client_optimizer(cfg, task)
     sample = {k: np.asarray(v[:1]) for k, v in task.examples.items() if k in task.model_keys}
     server, store, part = fed.initial_federation(task, tx, cfg, sample, task.constants, task.num_clients + 1)
     constants = {k: jnp.asarray(v) for k, v in task.constants.items()}
@@ -329,6 +328,65 @@ def test_dp_clips_each_client_update_and_fedavg_sasrec_has_no_private_leaves(tmp
     assert 0.1 * clip < norm <= clip * (1 + 1e-4), norm
     for n in part.where(("shared",), ("moment",)):  # the server's moments stay without DP-protected moments
         np.testing.assert_array_equal(new["leaves"][n], server["leaves"][n])
+
+
+def test_client_sgd_sends_only_parameters_and_one_local_step_is_the_mean_clipped_gradient(tmp_path):
+    """FedSGD: one local SGD step per client and the server's plain step at lr 1 move the shared
+    parameters by -lr · the weighted mean of each client's gradient clipped to clip_norm."""
+    import optax
+    from u2qt.train import federated as fedlib
+    from u2qt.train.step import make_train_step
+    lr, clip = 0.5, 2.5
+    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,fedavg,runlocal",
+                  **{"federated.client_fraction": 1.0, "federated.client_optimizer": "sgd",
+                     "federated.local_steps": 1, "model.seq_layers": 1, "train.lr": lr, "train.clip_norm": clip})
+    task, tx, part, server, store, data, weights, constants = _setup(cfg, tmp_path)
+    assert part.where(kinds=("moment", "count")) == []  # SGD keeps no optimizer state
+    assert fedlib.message_names(part, dp=False) == part.where(("shared",), ("param",))
+    n = task.num_clients
+    round_fn = _round(task, tx, cfg, part, n, 16, data["inputs"].shape[1])
+    new, _, _ = round_fn(jax.tree.map(jnp.copy, server), store, data, weights, jnp.arange(n, dtype=jnp.int32),
+                         constants)
+    # Each client's raw gradient: one step of the same train step with clipping off and lr -1.
+    raw = optax.chain(optax.clip_by_global_norm(1e9), optax.scale(-1.0))
+    train = fedlib.local_training(make_train_step(task, raw, cfg), cfg, data["inputs"].shape[1])
+    ids = jnp.arange(n)
+    keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.key(0), c))(ids)
+    final, _ = jax.vmap(train, in_axes=(0, 0, None, 0))(fedlib.client_states(part, server, store, ids), data,
+                                                        constants, keys)
+    names = part.where(("shared",), ("param",))
+    after = part.leaves({"params": final["params"], "opt_state": final["opt_state"]})
+    grads = {m: np.asarray(server["leaves"][m])[None] - np.asarray(after[m], np.float64) for m in names}
+    norms = np.sqrt(sum(np.sum(g.reshape(n, -1) ** 2, 1) for g in grads.values()))
+    assert (norms > clip).any() and (norms < clip).any(), norms  # both sides of the clip are exercised
+    w = np.asarray(weights, np.float64) * np.minimum(1.0, clip / norms)
+    for m in names:
+        want = np.asarray(server["leaves"][m]) - lr * np.tensordot(w, grads[m], 1) / np.sum(np.asarray(weights))
+        np.testing.assert_allclose(new["leaves"][m], want, rtol=1e-4, atol=1e-6, err_msg=m)
+
+
+def test_the_server_cosine_schedule_warms_up_and_decays_over_the_rounds(fed):
+    from u2qt.train import federated as fedlib
+    from u2qt.train.step import learning_rate
+    part, before = fed["part"], fed["server"]["leaves"]
+    f = _server_config(fed["cfg"], server_lr=0.5, server_schedule="cosine", server_warmup_rounds=2, rounds=10)
+    opt = fedlib.ServerOptimizer(f, part)
+    names = part.where(("shared", "group"), ("param",))
+    delta = {m: jnp.ones_like(before[m]) for m in names}
+    state, leaves, used = opt.init(before), dict(before), jnp.array([True, False])
+    m = part.where(("shared",), ("param",))[0]
+    g = part.where(("group",), ("param",))[0]
+    steps = []
+    for r in range(10):
+        new, state = opt.apply(state, leaves, delta, used)
+        steps.append(float(np.mean(np.asarray(new[m]) - np.asarray(leaves[m]))))
+        np.testing.assert_array_equal(new[g][1], leaves[g][1])  # the unused expert: as it was
+        np.testing.assert_allclose(new[g][0] - leaves[g][0], steps[-1], rtol=1e-5, err_msg=g)  # its own count
+        leaves.update(new)
+    want = [float(learning_rate(r, 0.5, 2, 10)) for r in range(10)]
+    np.testing.assert_allclose(steps, want, rtol=1e-5, atol=1e-7)
+    assert steps[0] == 0.0 and steps[2] == pytest.approx(0.5) and steps[9] < 0.1  # warm-up, peak, decay
+    assert fedlib.server_learning_rate(_server_config(fed["cfg"], server_lr=0.5)) == 0.5  # constant: the default
 
 
 @pytest.mark.heavy

@@ -30,7 +30,10 @@ One round (``federated.*``):
      optimizer (post-processing keeps the DP guarantee).
 Optimizer: each client's AdamW (``make_optimizer``) runs with the server's step count (so the
 warm-up / cosine schedule spans rounds × local_steps), the shared moments averaged like the
-parameters (they are in the message) and its private moments kept in its store.
+parameters (they are in the message) and its private moments kept in its store. Or
+(``client_optimizer`` "sgd") plain clipped SGD at a constant ``train.lr``, with nothing but the
+parameters in the message; the server optimizer then owns the adaptivity and, with
+``server_schedule`` "cosine", the schedule (FedAdam: ``server_optimizer`` "adam").
 DP-FedAvg (``dp_clip`` > 0): each client's parameter update (shared + its routed expert) is
 clipped to that L2 norm, and with ``dp_noise`` = z Gaussian noise of std z · clip · max weight /
 Σ weights (the weighted mean's sensitivity) is added to each average. With DP on, moments are not
@@ -66,7 +69,7 @@ from u2qt.tasks.core import make_task
 from u2qt.tasks.federated import key_names
 from u2qt.train import checkpoint, distributed, report
 from u2qt.train.sharding import Placement
-from u2qt.train.step import InFlight, init_state, make_optimizer, make_train_step
+from u2qt.train.step import InFlight, init_state, learning_rate, make_optimizer, make_train_step
 from u2qt.train.workdir import (MetricsWriter, check_data, data_fingerprint, open_workdir, run_once_options,
                                 save_config)
 
@@ -135,13 +138,27 @@ def message_bytes(part: Partition, leaves: dict, experts: int, dp: bool) -> tupl
 
 
 # The server optimizers (choices of ``federated.server_optimizer``): the optax transform of the
-# pseudo-gradient, from the ``federated`` family.
+# pseudo-gradient, from the ``federated`` family and its learning rate (a number or a schedule).
 SERVER_TRANSFORMS = {
-    "sgd": lambda f: optax.sgd(f.server_lr),
-    "momentum": lambda f: optax.sgd(f.server_lr, momentum=f.server_momentum),
-    "adam": lambda f: optax.adam(f.server_lr, b1=f.server_momentum, b2=f.server_b2, eps=f.server_tau),
-    "yogi": lambda f: optax.yogi(f.server_lr, b1=f.server_momentum, b2=f.server_b2, eps=f.server_tau),
+    "sgd": lambda f, lr: optax.sgd(lr),
+    "momentum": lambda f, lr: optax.sgd(lr, momentum=f.server_momentum),
+    "adam": lambda f, lr: optax.adam(lr, b1=f.server_momentum, b2=f.server_b2, eps=f.server_tau),
+    "yogi": lambda f, lr: optax.yogi(lr, b1=f.server_momentum, b2=f.server_b2, eps=f.server_tau),
 }
+
+
+def server_learning_rate(f):
+    """``server_lr`` (``server_schedule`` "constant"), or the schedule of the optimizer's update
+    count: linear warm-up over ``server_warmup_rounds``, then cosine decay to 5% of ``server_lr``
+    at round ``rounds`` (``learning_rate``, the train step's shape, in rounds)."""
+    if f.server_schedule == "constant":
+        return f.server_lr
+    return lambda count: learning_rate(count, f.server_lr, f.server_warmup_rounds, f.rounds)
+
+
+def client_optimizer(cfg, task):
+    """The clients' local optimizer (``federated.client_optimizer``): the train step's AdamW, or SGD."""
+    return make_optimizer(cfg, task, cfg.federated.client_optimizer)
 
 
 class ServerOptimizer:
@@ -152,7 +169,7 @@ class ServerOptimizer:
     experts), so that an expert no client used is left exactly as it was, count and moments too."""
 
     def __init__(self, f, part: Partition):
-        self.tx = SERVER_TRANSFORMS[f.server_optimizer](f)
+        self.tx = SERVER_TRANSFORMS[f.server_optimizer](f, server_learning_rate(f))
         self.names = {"shared": part.where(("shared",), ("param",)), "group": part.where(("group",), ("param",))}
 
     def _states(self, leaves: dict) -> dict:
@@ -428,7 +445,10 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
                cfg.train.finetune_changed_data, log)
     save_config(cfg, workdir)
     log(f"schedule: {f.rounds:,} rounds × {f.local_steps} local steps → train.steps={cfg.train.steps:,} "
-        f"(each client's optimizer schedule); server optimizer {f.server_optimizer}, lr {f.server_lr:g}"
+        + (f"(each client's AdamW schedule, lr {cfg.train.lr:g})" if f.client_optimizer == "adamw"
+           else f"(clients: SGD at lr {cfg.train.lr:g})")
+        + f"; server optimizer {f.server_optimizer}, lr {f.server_lr:g}"
+        + (f" (warm-up {f.server_warmup_rounds:,} rounds, cosine)" if f.server_schedule == "cosine" else "")
         + (f", β1 {f.server_momentum:g}" if f.server_optimizer != "sgd" else "")
         + (f", β2 {f.server_b2:g}, τ {f.server_tau:g}" if f.server_optimizer in ("adam", "yogi") else ""))
 
@@ -453,7 +473,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         f"{min(f.local_batch, sizes['rows'])}")
 
     # ------------------------------------------------------------------ server, client store
-    tx = make_optimizer(cfg, task)
+    tx = client_optimizer(cfg, task)
     sample = {k: np.asarray(v[:1]) for k, v in task.examples.items() if k in task.model_keys}
     server, store, part = initial_federation(task, tx, cfg, sample, task.constants, store_rows)
     server = placement.replicate(server)

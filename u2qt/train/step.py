@@ -127,11 +127,15 @@ def scale_by_learning_rate(default: dict) -> optax.GradientTransformationExtraAr
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def make_optimizer(cfg, task=None) -> optax.GradientTransformation:
+def make_optimizer(cfg, task=None, kind: str = "adamw") -> optax.GradientTransformation:
     """Global-norm clipping and AdamW with warm-up and cosine decay (``learning_rate``). No weight
     decay on 1-D parameters (biases, norms) nor on a tokenizer's codebooks. The state is laid out
-    as ``optax.adamw`` with a schedule lays it out (checkpoints of earlier runs restore)."""
+    as ``optax.adamw`` with a schedule lays it out (checkpoints of earlier runs restore).
+    ``kind="sgd"``: clipping, then plain SGD at a constant ``train.lr`` (no state, no decay): the
+    federated clients' other choice, whose server optimizer owns the schedule."""
     t = cfg.train
+    if kind == "sgd":
+        return optax.chain(optax.clip_by_global_norm(t.clip_norm), optax.scale(-t.lr))
 
     def decay_mask(params):
         mask = jax.tree.map(lambda x: x.ndim > 1, params)

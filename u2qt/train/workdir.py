@@ -24,7 +24,10 @@ RESUME_IGNORED = ("train.progress", "train.halt_after_step", "train.finetune_cha
 ADDED_LATER = {"mesh.model": 1, "data.stream_chunk_users": 0,
                # the federated server update before it had options: plain FedAvg
                "federated.server_optimizer": "sgd", "federated.server_lr": 1.0, "federated.server_momentum": 0.9,
-               "federated.server_b2": 0.99, "federated.server_tau": 1e-3}
+               "federated.server_b2": 0.99, "federated.server_tau": 1e-3,
+               # the server's lr schedule and the clients' optimizer before they had options
+               "federated.server_schedule": "constant", "federated.server_warmup_rounds": 0,
+               "federated.client_optimizer": "adamw"}
 FINGERPRINT = "data_fingerprint.json"
 
 
