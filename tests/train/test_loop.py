@@ -269,17 +269,18 @@ def test_nan_in_a_batch_is_reported_with_its_row():
 
 @pytest.mark.heavy
 def test_synthetic_run_recovers_the_planted_types(tmp_path, compile_cache):
-    """The default synthetic config, halved in users and steps: the first shared code must
-    separate the planted user types (purity >= 0.8)."""
+    """The default synthetic config at half its users and 40% of its steps: the first shared code
+    must separate the planted user types (purity >= 0.8)."""
     cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "default.py"))
-    for key, value in {"data.synthetic_users": "1500", "train.steps": "300", "quantizer.kmeans_at_step": "100",
+    for key, value in {"data.synthetic_users": "1500", "train.steps": "200", "quantizer.kmeans_at_step": "70",
                        "train.eval_every": "1000", "train.checkpoint_every": "1000", "train.progress": "False"}.items():
         config_lib.apply_override(cfg, key, value)
     summary = train(cfg, tmp_path)
     assert summary["purity_first_code"] >= 0.8, summary
-    # No codebook collapse (a collapsed level uses a handful of its 64 codes). This halved run used
-    # at least 58 codes of its last level on the machines of earlier sessions and 57 on another
-    # (XLA's float rounding differs between CPU types), so the bound leaves room below that.
+    # No codebook collapse (a collapsed level uses a handful of its 64 codes). At 300 steps this run
+    # used at least 58 codes of its last level on the machines of earlier sessions and 57 on another
+    # (XLA's float rounding differs between CPU types); at 200 steps 60 (purity 0.925), so the bound
+    # leaves room below that.
     assert min(summary["views"]["shared"]["usage"]) >= 0.85, summary["views"]["shared"]
 
 
