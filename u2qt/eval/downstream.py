@@ -26,6 +26,7 @@ With ``--attribute COLUMN`` and no ``--attribute-workdir``, the attribute task u
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -98,20 +99,16 @@ def _softmax_loss(logits, y):
     return -(picked * valid).sum() / jnp.maximum(valid.sum(), 1.0)
 
 
-def train_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarray, test: np.ndarray,
-               loss_kind: str, score, out_dim: int, *, epochs: int = 40, batch_size: int = 256,
-               lr: float = 1e-3, seed: int = 0):
-    """Trains the head on the `train` rows, keeps the epoch with the best score on `valid`, and
-    returns (validation score, predictions for the `test` rows)."""
-    # Centre each feature, scale the whole input by one number: per-feature scaling would blow up
-    # rare one-hot codes and rare items (tiny std) into noise, unfairly to sparse inputs.
-    mean = x[train].mean(0)
-    x = ((x - mean) / (np.sqrt(np.mean((x[train] - mean) ** 2)) + 1e-6)).astype(np.float32)
+PREDICT_CHUNK = 512  # rows per prediction call: every call one shape, so one compiled program
+
+
+@functools.lru_cache(maxsize=None)
+def _head_programs(out_dim: int, loss_kind: str, lr: float):
+    """(head, optimizer, jitted step, jitted predict) of one kind of head, built once per process:
+    a head trained per fold (``cross_fit``) and per feature set reuses the compiled programs
+    instead of tracing and compiling its own (60 heads of the workflow test compiled ~250 times)."""
     head = Head(out_dim)
-    key = jax.random.key(seed)
-    params = head.init(key, x[:1], deterministic=True)
     tx = optax.adamw(lr, weight_decay=1e-4)
-    opt = tx.init(params)
 
     def loss_fn(p, xb, yb, k):
         logits = head.apply(p, xb, deterministic=False, rngs={"dropout": k})
@@ -125,7 +122,31 @@ def train_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarra
         u, o = tx.update(g, o, p)
         return optax.apply_updates(p, u), o
 
-    predict = jax.jit(lambda p, xb: head.apply(p, xb, deterministic=True))
+    return head, tx, step, jax.jit(lambda p, xb: head.apply(p, xb, deterministic=True))
+
+
+def _predict(predict, params, x: np.ndarray) -> np.ndarray:
+    """``predict`` over ``x`` in chunks of PREDICT_CHUNK rows (the last one padded)."""
+    n = len(x)
+    pad = np.zeros((-n % PREDICT_CHUNK,) + x.shape[1:], x.dtype)
+    xs = np.concatenate([x, pad]) if len(pad) else x
+    out = [np.asarray(predict(params, xs[i: i + PREDICT_CHUNK])) for i in range(0, len(xs), PREDICT_CHUNK)]
+    return np.concatenate(out)[:n]
+
+
+def train_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarray, test: np.ndarray,
+               loss_kind: str, score, out_dim: int, *, epochs: int = 40, batch_size: int = 256,
+               lr: float = 1e-3, seed: int = 0):
+    """Trains the head on the `train` rows, keeps the epoch with the best score on `valid`, and
+    returns (validation score, predictions for the `test` rows)."""
+    # Centre each feature, scale the whole input by one number: per-feature scaling would blow up
+    # rare one-hot codes and rare items (tiny std) into noise, unfairly to sparse inputs.
+    mean = x[train].mean(0)
+    x = ((x - mean) / (np.sqrt(np.mean((x[train] - mean) ** 2)) + 1e-6)).astype(np.float32)
+    head, tx, step, predict = _head_programs(out_dim, loss_kind, lr)
+    key = jax.random.key(seed)
+    params = head.init(key, x[:1], deterministic=True)
+    opt = tx.init(params)
     rows = np.flatnonzero(train)
     rng = np.random.default_rng(seed)
     best = (-np.inf, params)
@@ -134,10 +155,10 @@ def train_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, valid: np.ndarra
         for start in range(0, len(rows) - batch_size + 1 if len(rows) >= batch_size else 1, batch_size):
             idx = rows[start: start + batch_size]
             params, opt = step(params, opt, x[idx], y[idx], jax.random.fold_in(key, epoch * 10_000 + start))
-        val = score(np.asarray(predict(params, x[valid])), valid)
+        val = score(_predict(predict, params, x[valid]), valid)
         if val > best[0]:
             best = (val, params)
-    return best[0], np.asarray(predict(best[1], x[test]))
+    return best[0], _predict(predict, best[1], x[test])
 
 
 def cross_fit(x: np.ndarray, y: np.ndarray, fold: np.ndarray, loss_kind: str, score, out_dim: int,
