@@ -55,11 +55,20 @@ def test_the_code_health_sample_may_change_on_resume_even_when_the_saved_config_
 
 
 def test_a_federated_run_saved_before_the_server_optimizer_existed_resumes_as_fedavg(tmp_path):
+    from u2qt.train.workdir import ADDED_LATER
     cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "federated.py") + ":ml1m")
+    added = {k.split(".")[1]: v for k, v in ADDED_LATER.items() if k.startswith("federated.")}
+    # What runs before each key did: FedAvg at lr 1 with no schedule, AdamW clients.
+    assert {k: added[k] for k in ("server_optimizer", "server_lr", "server_schedule", "server_warmup_rounds",
+                                  "client_optimizer")} == {"server_optimizer": "sgd", "server_lr": 1.0,
+                                                           "server_schedule": "constant",
+                                                           "server_warmup_rounds": 0, "client_optimizer": "adamw"}
+    for key, value in added.items():  # a run of those days: AdamW clients, a constant FedAvg server
+        cfg.federated[key] = value
     workdir = _finished(tmp_path, cfg)
     path = os.path.join(workdir, "config.json")
     saved = json.load(open(path))
-    for key in ("server_optimizer", "server_lr", "server_momentum", "server_b2", "server_tau"):
+    for key in added:
         del saved["federated"][key]
     json.dump(saved, open(path, "w"))
     check_config(cfg, workdir)  # the defaults are what the absent keys meant
