@@ -136,6 +136,8 @@ def make_optimizer(cfg, task=None, kind: str = "adamw") -> optax.GradientTransfo
     t = cfg.train
     if kind == "sgd":
         return optax.chain(optax.clip_by_global_norm(t.clip_norm), optax.scale(-t.lr))
+    if kind != "adamw":
+        raise ValueError(f"optimizer kind {kind!r}: expected 'adamw' or 'sgd'")
 
     def decay_mask(params):
         mask = jax.tree.map(lambda x: x.ndim > 1, params)
