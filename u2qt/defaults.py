@@ -320,6 +320,10 @@ def federated() -> ml_collections.ConfigDict:
     m.private_hidden = 16  # width of each block's private user expert (kept per client: memory × clients)
     m.gate_hidden = 32  # the gating MLP u → K route logits
     m.expert_start = "copies"  # the K group experts start as copies of one draw | independent draws
+    m.route_on = "user"  # what the gate reads: the private user embedding u (the paper) | history (the
+    #                      mean embedding of the client's own items; no user embedding)
+    m.expert_base = "none"  # the group experts alone (the paper) | shared (a shared feed-forward that
+    #                         every client trains, the group experts zero-started deltas over it)
 
     lo = c.loss = ml_collections.ConfigDict()
     lo.balance_weight = 0.01  # α of the balance loss α · K · Σ_k f_k · p_k
@@ -516,6 +520,8 @@ CONSTRAINTS = {
     "model.private_hidden": _INT_AT_LEAST_1,
     "model.gate_hidden": _INT_AT_LEAST_1,
     "model.expert_start": _one_of("copies", "independent"),
+    "model.route_on": _one_of("user", "history"),
+    "model.expert_base": _one_of("none", "shared"),
     "federated.rounds": _INT_AT_LEAST_1,
     "federated.client_fraction": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "federated.local_steps": _INT_AT_LEAST_1,

@@ -129,3 +129,62 @@ def test_group_experts_start_as_copies_of_one_draw_or_as_independent_draws():
     independent = _params(_model(expert_start="independent"))["blocks_0"]["group_expert"]["w_in"]
     assert not np.allclose(independent[0], independent[1])
     np.testing.assert_allclose(np.asarray(copies["w_in"]).std(), np.asarray(independent).std(), rtol=0.2)
+
+
+def test_history_routing_reads_only_the_clients_items_and_keeps_no_user_embedding():
+    """route_on "history": p = G(LN(mean of the client's item embeddings)), one route for all of a
+    client's rows, blind to padding and row order; the gate does not train the item embeddings
+    (stop-gradient) and there is no private u."""
+    model = _model(route_on="history")
+    params = _params(model)
+    assert "user_embedding" not in params
+    assert {parameter_role(key_names(p)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+            if "private_expert" not in key_names(p)} == {"shared", "group"}
+    probs = lambda items: model.apply({"params": params}, jnp.asarray(items), method=MRFF.route_probs)
+    rows = [[0, 0, 3, 7, 1, 9], [0, 0, 0, 5, 6, 2]]
+    p = probs(rows)
+    np.testing.assert_allclose(p, probs([rows[1], rows[0]]), rtol=1e-6)  # row order
+    np.testing.assert_allclose(p, probs([[0, 0, 0, 0, 3, 7, 1, 9], [0, 0, 0, 0, 0, 5, 6, 2]]), rtol=1e-6)  # padding
+    np.testing.assert_allclose(p, probs([[3, 7, 1, 9, 5, 6, 2]]), rtol=1e-6)  # the same items in one row
+    assert np.abs(np.asarray(p - probs([[0, 0, 11, 12, 13, 14]]))).max() > 1e-4  # other items, another p
+    np.testing.assert_allclose(model.apply({"params": params}, jnp.asarray(rows))[1], p, rtol=1e-6)  # as the forward uses
+    grads = jax.grad(lambda q: jnp.sum(model.apply({"params": q}, jnp.asarray(rows), method=MRFF.route_probs)
+                                       * jnp.arange(3.0)))(params)
+    assert np.abs(np.asarray(grads["gate"]["Dense_1"]["kernel"])).sum() > 0
+    np.testing.assert_array_equal(grads["id_embedding"], 0.0)
+    try:
+        model.apply({"params": params}, method=MRFF.route_probs)
+    except ValueError as e:
+        assert "history" in str(e)
+    else:
+        raise AssertionError("route_probs without items under route_on 'history' did not raise")
+
+
+def test_a_shared_base_makes_the_group_experts_zero_started_deltas():
+    """expert_base "shared": a fresh MRFF computes the same hidden states whichever expert the
+    client is routed to (every group expert's W_2 is 0), its shared feed-forward E^s is a shared
+    parameter that changes the output, and a trained group expert then changes it by route."""
+    model = _model(expert_base="shared")
+    params = _params(model)
+    items = jnp.array([[0, 0, 3, 7, 1, 9, 4, 2]])
+    block = params["blocks_0"]
+    np.testing.assert_array_equal(block["group_expert"]["w_out"], 0.0)
+    assert {parameter_role(key_names(p)) for p, _ in jax.tree_util.tree_flatten_with_path(block["shared_expert"])[0]} \
+        == {"shared"}
+    assert parameter_role(("blocks_0", "shared_expert", "Dense_0", "kernel")) == "shared"
+
+    def routed_to(p, k):  # the gate's last bias pinned so that every client goes to expert k
+        b = jnp.full((3,), -50.0).at[k].set(50.0)
+        return {**p, "gate": {**p["gate"], "Dense_1": {**p["gate"]["Dense_1"], "bias": b}}}
+
+    hidden = [model.apply({"params": routed_to(params, k)}, items)[0] for k in range(3)]
+    np.testing.assert_allclose(hidden[0], hidden[1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(hidden[0], hidden[2], rtol=1e-6, atol=1e-6)
+    no_base = jax.tree_util.tree_map_with_path(lambda p, x: jnp.zeros_like(x) if "shared_expert" in key_names(p) else x,
+                                               params)
+    assert np.abs(np.asarray(model.apply({"params": no_base}, items)[0] - model.apply({"params": params}, items)[0])).max() > 1e-3
+    moved = jax.tree_util.tree_map_with_path(  # expert 1's W_2 trained away from 0 (a random matrix here)
+        lambda p, x: x.at[1].set(jax.random.normal(jax.random.key(2), x.shape[1:]))
+        if key_names(p)[-1] == "w_out" and "group_expert" in key_names(p) else x, params)
+    a, b = (model.apply({"params": routed_to(moved, k)}, items)[0] for k in (0, 1))
+    assert np.abs(np.asarray(a - b)).max() > 1e-3

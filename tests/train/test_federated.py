@@ -78,9 +78,10 @@ def fed(tmp_path_factory):
         consts = dict(constants, route_share=server["route_share"])
         ids = jnp.arange(n)
         keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.key(0), c))(ids)
-        final, _ = jax.vmap(train, in_axes=(0, 0, None, 0))(fed.client_states(part, server, store, ids), data, consts, keys)
+        start = fed.client_states(part, server, store, ids)
+        final, _ = jax.vmap(train, in_axes=(0, 0, None, 0))(start, data, consts, keys)
         return (part.leaves({"params": final["params"], "opt_state": final["opt_state"]}),
-                jax.vmap(task.route)(final["params"]))
+                jax.vmap(task.route)(start["params"], data))
 
     def run_round(server, store, data, weights):
         return round_fn(jax.tree.map(jnp.copy, server), jax.tree.map(jnp.copy, store), data, weights,
@@ -363,6 +364,48 @@ def test_client_sgd_sends_only_parameters_and_one_local_step_is_the_mean_clipped
     for m in names:
         want = np.asarray(server["leaves"][m]) - lr * np.tensordot(w, grads[m], 1) / np.sum(np.asarray(weights))
         np.testing.assert_allclose(new["leaves"][m], want, rtol=1e-4, atol=1e-6, err_msg=m)
+
+
+def test_history_routes_decide_which_clients_average_each_zero_started_delta_expert(tmp_path):
+    """route_on "history" + expert_base "shared": the round routes each client by its own rows,
+    averages each group expert (a delta started at zero) over the clients so routed only, and the
+    shared feed-forward over all of them; no user embedding is stored."""
+    from u2qt.train import federated as fedlib
+    from u2qt.train.step import make_train_step
+    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,mrff,runlocal",
+                  **{"federated.client_fraction": 1.0, "federated.client_optimizer": "sgd", "federated.local_steps": 1,
+                     "model.seq_layers": 1, "train.lr": 0.5, "model.route_on": "history", "model.expert_base": "shared"})
+    task, tx, part, server, store, data, weights, constants = _setup(cfg, tmp_path)
+    assert not any("user_embedding" in n for n in part.names)
+    group = [n for n in part.where(("group",), ("param",)) if n.endswith("w_out")]
+    base = [n for n in part.where(("shared",), ("param",)) if "shared_expert" in n]
+    assert group and base
+    for n in group:
+        np.testing.assert_array_equal(server["leaves"][n], 0.0)
+    n_clients = task.num_clients
+    ids = jnp.arange(n_clients)
+    keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.key(0), c))(ids)
+    train = fedlib.local_training(make_train_step(task, tx, cfg), cfg, data["inputs"].shape[1])
+    start = fedlib.client_states(part, server, store, ids)
+    final, _ = jax.vmap(train, in_axes=(0, 0, None, 0))(start, data, constants, keys)
+    after = part.leaves({"params": final["params"], "opt_state": final["opt_state"]})
+    routes = np.asarray(jax.vmap(task.route)(start["params"], data))
+    assert set(routes.tolist()) == {0, 1}, routes  # the clients' histories split them over both experts
+    round_fn = _round(task, tx, cfg, part, n_clients, 8, data["inputs"].shape[1])
+    new, _, metrics = round_fn(jax.tree.map(jnp.copy, server), store, data, weights,
+                               jnp.arange(n_clients, dtype=jnp.int32), constants)
+    w = np.asarray(weights, np.float64)
+    np.testing.assert_allclose(new["route_share"], [np.mean(routes == 0), np.mean(routes == 1)])
+    for n in group:
+        x = np.asarray(after[n], np.float64)
+        for k in (0, 1):
+            on = routes == k
+            want = np.tensordot(w[on], x[on, k], 1) / w[on].sum()
+            np.testing.assert_allclose(new["leaves"][n][k], want, rtol=1e-4, atol=1e-7, err_msg=f"{n}[{k}]")
+            assert np.abs(want).max() > 0  # the routed clients moved their expert off zero
+    for n in base:  # the shared feed-forward: the mean over every client
+        want = np.tensordot(w, np.asarray(after[n], np.float64), 1) / w.sum()
+        np.testing.assert_allclose(new["leaves"][n], want, rtol=1e-4, atol=1e-7, err_msg=n)
 
 
 def test_the_server_cosine_schedule_warms_up_and_decays_over_the_rounds(fed):

@@ -21,9 +21,18 @@ same function for every client up to p_k*. (From a random start each client's ex
 added its own O(1) vector to a residual stream whose item embeddings start at 0.02, noise the
 shared layers could not learn away, and MRFF lagged FedAvg SASRec from the first rounds.)
 
+Two options that depart from the paper (config ``model.route_on``, ``model.expert_base``; the
+defaults are the paper's):
+    route_on "history":  p = G(LN(mean_t sg(e_{i_t})))    the gate reads the mean embedding of the
+                         client's own items (stop-gradient), not a private u: routes that follow
+                         what the client watched, and no user embedding
+    expert_base "shared": x' = h + E^s(y) + p_k* · E^g_k*(y) + E^p(y)   one shared feed-forward E^s
+                         trained by every client; the group experts start at zero (W_2 = 0), as
+                         deltas over it that only their routed clients train
+
 Which parameters are whose (``parameter_role``): "private" = the user embedding u and every block's
 private expert; "group" = the stacked group experts (expert axis first); "shared" = everything
-else (item and position embeddings, attention, LayerNorms, the gate). A federated trainer keeps
+else (item and position embeddings, attention, LayerNorms, the gate, E^s). A federated trainer keeps
 private ones on the client, averages each group expert over the clients routed to it, and averages
 the shared ones over all clients (``u2qt/train/federated.py``).
 """
@@ -40,6 +49,7 @@ USER_EMBEDDING, PRIVATE_EXPERT = "user_embedding", "private_expert"  # the priva
 PRIVATE_NAMES = (USER_EMBEDDING, PRIVATE_EXPERT)
 GROUP_EXPERT = "group_expert"
 GROUP_NAMES = (GROUP_EXPERT,)
+SHARED_EXPERT = "shared_expert"  # E^s of expert_base "shared" (a shared parameter)
 ROLES = ("shared", "group", "private")
 
 
@@ -84,6 +94,8 @@ def expert_ffn(w: dict, y: jax.Array, dropout: nn.Dropout, deterministic: bool) 
 
 
 EXPERT_STARTS = ("copies", "independent")
+ROUTE_INPUTS = ("user", "history")  # what the gate reads: the private u | the client's items
+EXPERT_BASES = ("none", "shared")  # the group experts alone | deltas over a shared feed-forward E^s
 
 
 def copies_init(init):
@@ -99,6 +111,7 @@ class GroupExperts(nn.Module):
     hidden: int
     dropout: float = 0.0
     start: str = "copies"
+    zero_out: bool = False  # W_2 starts at zero: the experts add nothing until trained (deltas)
 
     @nn.compact
     def __call__(self, y, k, scale, deterministic: bool):
@@ -107,8 +120,9 @@ class GroupExperts(nn.Module):
             raise ValueError(f"expert_start {self.start!r} is not one of {EXPERT_STARTS}")
         init = (copies_init(nn.initializers.lecun_normal()) if self.start == "copies"
                 else nn.initializers.lecun_normal(batch_axis=(0,)))
+        out_init = nn.initializers.zeros if self.zero_out else init
         w = {"w_in": self.param("w_in", init, (K, d, h)), "b_in": self.param("b_in", nn.initializers.zeros, (K, h)),
-             "w_out": self.param("w_out", init, (K, h, d)), "b_out": self.param("b_out", nn.initializers.zeros, (K, d))}
+             "w_out": self.param("w_out", out_init, (K, h, d)), "b_out": self.param("b_out", nn.initializers.zeros, (K, d))}
         chosen = jax.tree.map(lambda a: a[k], w)  # a dynamic slice: the gradient reaches expert k* only
         return scale * expert_ffn(chosen, y, nn.Dropout(self.dropout), deterministic)
 
@@ -120,19 +134,24 @@ class MRFFBlock(nn.Module):
     private_hidden: int
     dropout: float = 0.0
     expert_start: str = "copies"
+    expert_base: str = "none"
 
     @nn.compact
     def __call__(self, x, k, scale, mask, deterministic: bool):
+        if self.expert_base not in EXPERT_BASES:
+            raise ValueError(f"expert_base {self.expert_base!r} is not one of {EXPERT_BASES}")
+        based = self.expert_base == "shared"
         h = nn.LayerNorm()(x)
         h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, qkv_features=self.dim,
                                             dropout_rate=self.dropout, deterministic=deterministic)(h, h, mask=mask)
         x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
         y = nn.LayerNorm()(x)
         group = GroupExperts(self.experts, self.dim, 4 * self.dim, self.dropout, self.expert_start,
-                             name=GROUP_EXPERT)(
-            y, k, scale, deterministic)
+                             zero_out=based, name=GROUP_EXPERT)(y, k, scale, deterministic)
         private = FeedForward(self.dim, self.private_hidden, self.dropout, zero_out=True,
                               name=PRIVATE_EXPERT)(y, deterministic)
+        if based:
+            group = group + FeedForward(self.dim, 4 * self.dim, self.dropout, name=SHARED_EXPERT)(y, deterministic)
         return x + nn.Dropout(self.dropout)(group + private, deterministic=deterministic)
 
 
@@ -149,24 +168,39 @@ class MRFF(nn.Module):
     private_hidden: int = 16
     gate_hidden: int = 32
     expert_start: str = "copies"
+    route_on: str = "user"
+    expert_base: str = "none"
 
     def setup(self):
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
+        if self.route_on not in ROUTE_INPUTS:
+            raise ValueError(f"route_on {self.route_on!r} is not one of {ROUTE_INPUTS}")
         init = nn.initializers.normal(0.02)
         d = self.d_model
         self.id_embedding = self.param("id_embedding", init, (self.num_items + 1, d))
         self.position_embedding = self.param("position_embedding", init, (self.max_len, d))
-        self.user_embedding = self.param(USER_EMBEDDING, nn.initializers.normal(1.0), (d,))
+        if self.route_on == "user":
+            self.user_embedding = self.param(USER_EMBEDDING, nn.initializers.normal(1.0), (d,))
+        else:
+            self.route_norm = nn.LayerNorm()
         self.gate = MLP((self.gate_hidden, self.experts))
-        self.blocks = [MRFFBlock(d, self.num_heads, self.experts, self.private_hidden, self.dropout, self.expert_start)
-                       for _ in range(self.num_layers)]
+        self.blocks = [MRFFBlock(d, self.num_heads, self.experts, self.private_hidden, self.dropout, self.expert_start,
+                                 self.expert_base) for _ in range(self.num_layers)]
         self.input_dropout = nn.Dropout(self.dropout)
         self.final_norm = nn.LayerNorm()
 
-    def route_probs(self) -> jax.Array:
-        """p = G(u) [K]."""
-        return jax.nn.softmax(self.gate(self.user_embedding))
+    def route_probs(self, items: jax.Array | None = None) -> jax.Array:
+        """p = G(u) [K]; with route_on "history", p = G(LN(mean of the embeddings of the client's
+        items [B, T], every row together, padding 0 left out; stop-gradient)): one route per client."""
+        if self.route_on == "user":
+            return jax.nn.softmax(self.gate(self.user_embedding))
+        if items is None:
+            raise ValueError("route_on 'history' routes a client on its items: pass them to route_probs")
+        valid = (items > 0)[..., None].astype(jnp.float32)
+        e = jax.lax.stop_gradient(represent_items(items, "id", self.id_embedding)) * valid
+        mean = jnp.sum(e.reshape(-1, e.shape[-1]), 0) / jnp.maximum(jnp.sum(valid), 1.0)
+        return jax.nn.softmax(self.gate(self.route_norm(mean)))
 
     def item_table(self) -> jax.Array:
         return represent_items(jnp.arange(self.num_items + 1), "id", self.id_embedding)
@@ -175,7 +209,7 @@ class MRFF(nn.Module):
         length = items.shape[-1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
-        probs = self.route_probs()
+        probs = self.route_probs(items)
         k, scale = route(probs)
         valid = (items > 0)[..., None]
         x = represent_items(items, "id", self.id_embedding) * self.d_model ** 0.5

@@ -105,7 +105,7 @@ class FederatedRecTask(LeaveOneOut):
                   dropout=m.dropout, max_len=d.max_history)
         if m.variant == "mrff":
             self.model = MRFF(experts=m.experts, private_hidden=m.private_hidden, gate_hidden=m.gate_hidden,
-                              expert_start=m.expert_start, **kw)
+                              expert_start=m.expert_start, route_on=m.route_on, expert_base=m.expert_base, **kw)
             self.num_experts = m.experts
             self.constants = {"route_share": np.full(m.experts, 1.0 / m.experts, np.float32)}
         else:
@@ -143,11 +143,13 @@ class FederatedRecTask(LeaveOneOut):
         """The tree of ``params`` with each leaf's role: "shared", "group" or "private"."""
         return jax.tree_util.tree_map_with_path(lambda path, _: parameter_role(key_names(path)), params)
 
-    def route(self, params) -> jax.Array:
-        """The expert k* a client's parameters route it to (0 without experts)."""
+    def route(self, params, batch) -> jax.Array:
+        """The expert k* a client's parameters (and, with model.route_on "history", its rows
+        ``batch``) route it to (0 without experts)."""
         if not self.num_experts:
             return jnp.zeros((), jnp.int32)
-        return route(self.model.apply({"params": params}, method=MRFF.route_probs))[0].astype(jnp.int32)
+        items = batch["inputs"] if self.model.route_on == "history" else None
+        return route(self.model.apply({"params": params}, items, method=MRFF.route_probs))[0].astype(jnp.int32)
 
     def loss(self, params, batch, constants, key, step):
         key = jax.random.fold_in(key, batch["client"][0])  # each client its own dropout

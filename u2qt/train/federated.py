@@ -293,7 +293,9 @@ def make_round(task, tx, cfg, part: Partition, placement: Placement, sizes: dict
             # θ_p ← θ_p + s·(θ_p' − θ_p): the private step scaled (s of each private leaf: private_scale)
             after.update({n: state_leaves[n] + private_scale[n] * (after[n] - state_leaves[n])
                           for n in private_params if private_scale[n] != 1})
-            routes = jax.vmap(task.route)(final["params"])
+            # The route each client's local training started from (for one local step, the expert it
+            # trained): its parameters at the round's start and, with route_on "history", its rows.
+            routes = jax.vmap(task.route)(state["params"], rows)
             on = jax.nn.one_hot(routes, K) * valid_c[:, None]                  # [chunk, K]
             delta = {n: after[n] - before[n] for n in shared_names + group_names}
             if dp:  # clip each client's parameter update: shared leaves + its routed expert's

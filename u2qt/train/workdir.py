@@ -27,7 +27,9 @@ ADDED_LATER = {"mesh.model": 1, "data.stream_chunk_users": 0,
                "federated.server_b2": 0.99, "federated.server_tau": 1e-3,
                # the server's lr schedule and the clients' optimizer before they had options
                "federated.server_schedule": "constant", "federated.server_warmup_rounds": 0,
-               "federated.client_optimizer": "adamw"}
+               "federated.client_optimizer": "adamw",
+               # MRFF's routing and experts before they had options: the paper's
+               "model.route_on": "user", "model.expert_base": "none"}
 FINGERPRINT = "data_fingerprint.json"
 
 
