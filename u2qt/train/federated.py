@@ -13,7 +13,8 @@ One round (``federated.*``):
      the mesh's "data" axis;
   3. the server aggregates what the clients send up (the message): shared leaves by FedAvg, the
      mean of the clients' updates weighted by their count of training targets; each group
-     expert's leaves over the clients routed to it only (left as they were when none was); the
+     expert's leaves over the clients routed to it only (a client's route: the one its local
+     training started from; left as they were when none was); the
      share of clients on each expert (the balance loss's f for the next round). Private leaves
      are written back to the client store [num_clients, ...], which is never part of the server
      state, the message, or the server's checkpoint item.
