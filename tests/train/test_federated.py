@@ -58,30 +58,36 @@ def _round(task, tx, cfg, part, clients, chunk, rows):
     return jax.jit(fed.make_round(task, tx, cfg, part, Placement(chunk), sizes))
 
 
+def _local_updates(task, tx, cfg, part, server, store, data, constants):
+    """Each client's leaves after its local training from ``server`` and its store row (vmapped over
+    every client, as the round runs it), and the route that training started from."""
+    from u2qt.train import federated as fed
+    from u2qt.train.step import make_train_step
+    ids = jnp.arange(task.num_clients)
+    keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.key(0), c))(ids)
+    train = fed.local_training(make_train_step(task, tx, cfg), cfg, data["inputs"].shape[1])
+    start = fed.client_states(part, server, store, ids)
+    final, _ = jax.vmap(train, in_axes=(0, 0, None, 0))(start, data, constants, keys)
+    return (part.leaves({"params": final["params"], "opt_state": final["opt_state"]}),
+            jax.vmap(task.route)(start["params"], data))
+
+
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
     """MRFF on typed users, every client in the round: the setup, the compiled round, and each
     client's own local training (vmapped over all clients, as the round runs it)."""
-    from u2qt.train import federated as fed
-    from u2qt.train.step import make_train_step
     tmp_path = tmp_path_factory.mktemp("fed")
     cfg = _config(_typed_users(str(tmp_path)), "beauty,mrff,runlocal",
                   **{"federated.client_fraction": 1.0, "model.seq_layers": 1})
     task, tx, part, server, store, data, weights, constants = _setup(cfg, tmp_path)
     n = task.num_clients
     round_fn = _round(task, tx, cfg, part, n, n, data["inputs"].shape[1])
-    train = fed.local_training(make_train_step(task, tx, cfg), cfg, data["inputs"].shape[1])
 
     @jax.jit
     def local(server, store, data):
         """Each client's leaves after its local training from ``server`` and its store row, and its route."""
-        consts = dict(constants, route_share=server["route_share"])
-        ids = jnp.arange(n)
-        keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.key(0), c))(ids)
-        start = fed.client_states(part, server, store, ids)
-        final, _ = jax.vmap(train, in_axes=(0, 0, None, 0))(start, data, consts, keys)
-        return (part.leaves({"params": final["params"], "opt_state": final["opt_state"]}),
-                jax.vmap(task.route)(start["params"], data))
+        return _local_updates(task, tx, cfg, part, server, store, data,
+                              dict(constants, route_share=server["route_share"]))
 
     def run_round(server, store, data, weights):
         return round_fn(jax.tree.map(jnp.copy, server), jax.tree.map(jnp.copy, store), data, weights,
@@ -336,7 +342,6 @@ def test_client_sgd_sends_only_parameters_and_one_local_step_is_the_mean_clipped
     parameters by -lr · the weighted mean of each client's gradient clipped to clip_norm."""
     import optax
     from u2qt.train import federated as fedlib
-    from u2qt.train.step import make_train_step
     lr, clip = 0.5, 2.5
     cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,fedavg,runlocal",
                   **{"federated.client_fraction": 1.0, "federated.client_optimizer": "sgd",
@@ -350,13 +355,8 @@ def test_client_sgd_sends_only_parameters_and_one_local_step_is_the_mean_clipped
                          constants)
     # Each client's raw gradient: one step of the same train step with clipping off and lr -1.
     raw = optax.chain(optax.clip_by_global_norm(1e9), optax.scale(-1.0))
-    train = fedlib.local_training(make_train_step(task, raw, cfg), cfg, data["inputs"].shape[1])
-    ids = jnp.arange(n)
-    keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.key(0), c))(ids)
-    final, _ = jax.vmap(train, in_axes=(0, 0, None, 0))(fedlib.client_states(part, server, store, ids), data,
-                                                        constants, keys)
+    after, _ = _local_updates(task, raw, cfg, part, server, store, data, constants)
     names = part.where(("shared",), ("param",))
-    after = part.leaves({"params": final["params"], "opt_state": final["opt_state"]})
     grads = {m: np.asarray(server["leaves"][m])[None] - np.asarray(after[m], np.float64) for m in names}
     norms = np.sqrt(sum(np.sum(g.reshape(n, -1) ** 2, 1) for g in grads.values()))
     assert (norms > clip).any() and (norms < clip).any(), norms  # both sides of the clip are exercised
@@ -370,8 +370,6 @@ def test_history_routes_decide_which_clients_average_each_zero_started_delta_exp
     """route_on "history" + expert_base "shared": the round routes each client by its own rows,
     averages each group expert (a delta started at zero) over the clients so routed only, and the
     shared feed-forward over all of them; no user embedding is stored."""
-    from u2qt.train import federated as fedlib
-    from u2qt.train.step import make_train_step
     cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,mrff,runlocal",
                   **{"federated.client_fraction": 1.0, "federated.client_optimizer": "sgd", "federated.local_steps": 1,
                      "model.seq_layers": 1, "train.lr": 0.5, "model.route_on": "history", "model.expert_base": "shared"})
@@ -383,13 +381,8 @@ def test_history_routes_decide_which_clients_average_each_zero_started_delta_exp
     for n in group:
         np.testing.assert_array_equal(server["leaves"][n], 0.0)
     n_clients = task.num_clients
-    ids = jnp.arange(n_clients)
-    keys = jax.vmap(lambda c: jax.random.fold_in(jax.random.key(0), c))(ids)
-    train = fedlib.local_training(make_train_step(task, tx, cfg), cfg, data["inputs"].shape[1])
-    start = fedlib.client_states(part, server, store, ids)
-    final, _ = jax.vmap(train, in_axes=(0, 0, None, 0))(start, data, constants, keys)
-    after = part.leaves({"params": final["params"], "opt_state": final["opt_state"]})
-    routes = np.asarray(jax.vmap(task.route)(start["params"], data))
+    after, routes = _local_updates(task, tx, cfg, part, server, store, data, constants)
+    routes = np.asarray(routes)
     assert set(routes.tolist()) == {0, 1}, routes  # the clients' histories split them over both experts
     round_fn = _round(task, tx, cfg, part, n_clients, 8, data["inputs"].shape[1])
     new, _, metrics = round_fn(jax.tree.map(jnp.copy, server), store, data, weights,
