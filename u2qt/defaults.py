@@ -358,6 +358,10 @@ def federated() -> ml_collections.ConfigDict:
     # 5% of it at the last round (the train schedule's shape, in rounds).
     fe.server_schedule = "constant"
     fe.server_warmup_rounds = 0
+    # The group experts' server step relative to the shared leaves' (the server lr and schedule
+    # times this). Each expert is averaged over only its routed share of the round's clients, so
+    # its mean update is noisier, and an adaptive server optimizer steps it as far as the rest.
+    fe.group_lr_scale = 1.0
     # The clients' local optimizer: adamw (the train step's AdamW at train.lr with its warm-up and
     # cosine schedule; the shared moments averaged like the parameters) | sgd (clip_norm, then plain
     # SGD at a constant train.lr: no moments, no weight decay; the schedule and the adaptivity are
@@ -540,6 +544,7 @@ CONSTRAINTS = {
     "federated.server_tau": (lambda v: v > 0, "> 0"),
     "federated.server_schedule": _one_of("constant", "cosine"),
     "federated.server_warmup_rounds": (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    "federated.group_lr_scale": (lambda v: v > 0, "> 0"),
     "federated.client_optimizer": _one_of(*CLIENT_OPTIMIZERS),
 }
 

@@ -401,27 +401,31 @@ def test_history_routes_decide_which_clients_average_each_zero_started_delta_exp
         np.testing.assert_allclose(new["leaves"][n], want, rtol=1e-4, atol=1e-7, err_msg=n)
 
 
-def test_the_server_cosine_schedule_warms_up_and_decays_over_the_rounds(fed):
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_server_cosine_schedule_warms_up_and_decays_and_group_experts_step_at_their_scale(fed, optimizer):
     from u2qt.train import federated as fedlib
     from u2qt.train.step import learning_rate
     part, before = fed["part"], fed["server"]["leaves"]
-    f = _server_config(fed["cfg"], server_lr=0.5, server_schedule="cosine", server_warmup_rounds=2, rounds=10)
-    opt = fedlib.ServerOptimizer(f, part)
     names = part.where(("shared", "group"), ("param",))
-    delta = {m: jnp.ones_like(before[m]) for m in names}
-    state, leaves, used = opt.init(before), dict(before), jnp.array([True, False])
+    delta = {m: jnp.ones_like(before[m]) for m in names}  # Adam's first steps on a constant Δ: lr
     m = part.where(("shared",), ("param",))[0]
     g = part.where(("group",), ("param",))[0]
-    steps = []
-    for r in range(10):
-        new, state = opt.apply(state, leaves, delta, used)
-        steps.append(float(np.mean(np.asarray(new[m]) - np.asarray(leaves[m]))))
-        np.testing.assert_array_equal(new[g][1], leaves[g][1])  # the unused expert: as it was
-        np.testing.assert_allclose(new[g][0] - leaves[g][0], steps[-1], rtol=1e-5, err_msg=g)  # its own count
-        leaves.update(new)
-    want = [float(learning_rate(r, 0.5, 2, 10)) for r in range(10)]
-    np.testing.assert_allclose(steps, want, rtol=1e-5, atol=1e-7)
-    assert steps[0] == 0.0 and steps[2] == pytest.approx(0.5) and steps[9] < 0.1  # warm-up, peak, decay
+    for scale in (1.0, 0.25):
+        f = _server_config(fed["cfg"], server_lr=0.5, server_schedule="cosine", server_warmup_rounds=2, rounds=10,
+                           server_optimizer=optimizer, server_tau=1e-8, group_lr_scale=scale)
+        opt = fedlib.ServerOptimizer(f, part)
+        state, leaves, used = opt.init(before), dict(before), jnp.array([True, False])
+        steps = []
+        for r in range(10):
+            new, state = opt.apply(state, leaves, delta, used)
+            steps.append(float(np.mean(np.asarray(new[m]) - np.asarray(leaves[m]))))
+            np.testing.assert_array_equal(new[g][1], leaves[g][1])  # the unused expert: as it was
+            np.testing.assert_allclose(new[g][0] - leaves[g][0], scale * steps[-1], rtol=1e-4, atol=1e-7,
+                                       err_msg=g)  # its own count, its own scale
+            leaves.update(new)
+        want = [float(learning_rate(r, 0.5, 2, 10)) for r in range(10)]  # the shared leaves: whatever the scale
+        np.testing.assert_allclose(steps, want, rtol=1e-4, atol=1e-7)
+        assert steps[0] == 0.0 and steps[2] == pytest.approx(0.5, rel=1e-4) and steps[9] < 0.1  # warm-up, peak, decay
     assert fedlib.server_learning_rate(_server_config(fed["cfg"], server_lr=0.5)) == 0.5  # constant: the default
 
 

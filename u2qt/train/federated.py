@@ -167,14 +167,18 @@ class ServerOptimizer:
     update Δ: before + transform(-Δ). Its state is a flat {name: array} (the server state's
     "server_opt"; empty for plain "sgd", which then keeps no state): the optax state of the shared
     leaves, and of the group leaves with a leading expert axis (the transform vmapped over the K
-    experts), so that an expert no client used is left exactly as it was, count and moments too."""
+    experts), so that an expert no client used is left exactly as it was, count and moments too.
+    The group leaves step at ``group_lr_scale`` × the server lr (the same schedule)."""
 
     def __init__(self, f, part: Partition):
-        self.tx = SERVER_TRANSFORMS[f.server_optimizer](f, server_learning_rate(f))
+        lr, scale = server_learning_rate(f), f.group_lr_scale
+        group_lr = (lambda count: scale * lr(count)) if callable(lr) else scale * lr
+        self.tx = {"shared": SERVER_TRANSFORMS[f.server_optimizer](f, lr),
+                   "group": SERVER_TRANSFORMS[f.server_optimizer](f, group_lr)}
         self.names = {"shared": part.where(("shared",), ("param",)), "group": part.where(("group",), ("param",))}
 
     def _states(self, leaves: dict) -> dict:
-        init = {"shared": self.tx.init, "group": jax.vmap(self.tx.init)}
+        init = {"shared": self.tx["shared"].init, "group": jax.vmap(self.tx["group"].init)}
         return {role: init[role]({n: leaves[n] for n in names}) for role, names in self.names.items() if names}
 
     def _layout(self, leaves: dict):
@@ -193,7 +197,7 @@ class ServerOptimizer:
         names, treedef = self._layout(before)
         states = jax.tree_util.tree_unflatten(treedef, [state[n] for n in names])
         old = states.get("group")
-        update = {"shared": self.tx.update, "group": jax.vmap(self.tx.update)}
+        update = {"shared": self.tx["shared"].update, "group": jax.vmap(self.tx["group"].update)}
         new = {}
         for role, opt_state in states.items():
             steps, states[role] = update[role]({n: -delta[n] for n in self.names[role]}, opt_state)
@@ -453,7 +457,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         + f"; server optimizer {f.server_optimizer}, lr {f.server_lr:g}"
         + (f" (warm-up {f.server_warmup_rounds:,} rounds, cosine)" if f.server_schedule == "cosine" else "")
         + (f", β1 {f.server_momentum:g}" if f.server_optimizer != "sgd" else "")
-        + (f", β2 {f.server_b2:g}, τ {f.server_tau:g}" if f.server_optimizer in ("adam", "yogi") else ""))
+        + (f", β2 {f.server_b2:g}, τ {f.server_tau:g}" if f.server_optimizer in ("adam", "yogi") else "")
+        + (f"; group experts at {f.group_lr_scale:g} × its lr" if f.group_lr_scale != 1 else ""))
 
     # ------------------------------------------------------------------ clients, mesh
     data, weights = task.client_data()

@@ -28,6 +28,8 @@ ADDED_LATER = {"mesh.model": 1, "data.stream_chunk_users": 0,
                # the server's lr schedule and the clients' optimizer before they had options
                "federated.server_schedule": "constant", "federated.server_warmup_rounds": 0,
                "federated.client_optimizer": "adamw",
+               # the group experts' server step before it had its own scale
+               "federated.group_lr_scale": 1.0,
                # MRFF's routing and experts before they had options: the paper's
                "model.route_on": "user", "model.expert_base": "none"}
 FINGERPRINT = "data_fingerprint.json"
