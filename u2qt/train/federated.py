@@ -148,13 +148,14 @@ SERVER_TRANSFORMS = {
 }
 
 
-def server_learning_rate(f):
-    """``server_lr`` (``server_schedule`` "constant"), or the schedule of the optimizer's update
-    count: linear warm-up over ``server_warmup_rounds``, then cosine decay to 5% of ``server_lr``
+def server_learning_rate(f, scale: float = 1.0):
+    """``scale`` × ``server_lr`` (``server_schedule`` "constant"), or the schedule of the optimizer's
+    update count: linear warm-up over ``server_warmup_rounds``, then cosine decay to 5% of that peak
     at round ``rounds`` (``learning_rate``, the train step's shape, in rounds)."""
+    peak = scale * f.server_lr
     if f.server_schedule == "constant":
-        return f.server_lr
-    return lambda count: learning_rate(count, f.server_lr, f.server_warmup_rounds, f.rounds)
+        return peak
+    return lambda count: learning_rate(count, peak, f.server_warmup_rounds, f.rounds)
 
 
 def client_optimizer(cfg, task):
@@ -171,10 +172,8 @@ class ServerOptimizer:
     The group leaves step at ``group_lr_scale`` × the server lr (the same schedule)."""
 
     def __init__(self, f, part: Partition):
-        lr, scale = server_learning_rate(f), f.group_lr_scale
-        group_lr = (lambda count: scale * lr(count)) if callable(lr) else scale * lr
-        self.tx = {"shared": SERVER_TRANSFORMS[f.server_optimizer](f, lr),
-                   "group": SERVER_TRANSFORMS[f.server_optimizer](f, group_lr)}
+        self.tx = {"shared": SERVER_TRANSFORMS[f.server_optimizer](f, server_learning_rate(f)),
+                   "group": SERVER_TRANSFORMS[f.server_optimizer](f, server_learning_rate(f, f.group_lr_scale))}
         self.names = {"shared": part.where(("shared",), ("param",)), "group": part.where(("group",), ("param",))}
 
     def _states(self, leaves: dict) -> dict:
