@@ -10,13 +10,17 @@ Variants, comma-separated:
   ml1m | beauty        the data set (MovieLens-1M's GroupLens files, history 50; Amazon Beauty 2014
                        in the LC-Rec layout, history 20)
   mrff | fedavg        the model under the federated trainer: MRFF (the default), or plain SASRec
-                       with every parameter averaged (FedAvg SASRec). On ML-1M MRFF runs with the
-                       options measured best there: a shared feed-forward under the group experts,
-                       routes on the client's history, the group experts at a tenth of the server
-                       step (the paper's MRFF: --config.model.expert_base=none
-                       --config.model.route_on=user --config.federated.group_lr_scale=1)
+                       with every parameter averaged (FedAvg SASRec). MRFF runs with the options
+                       measured best: a shared feed-forward under the group experts, routes on the
+                       client's history, the group experts at a tenth of the server step
   central              plain SASRec trained centrally by the ordinary loop on the same rows (the
                        comparison's upper row; no federated family)
+  paper                MRFF as the paper lays it out: K whole feed-forward group experts routed on
+                       the private user embedding u, stepped as the shared leaves
+                       (model.expert_base=none, model.route_on=user, federated.group_lr_scale=1)
+  adamw                the schedule before FedAdam: clients run 4 local AdamW steps at lr 1e-2 (their
+                       moments averaged), the server takes the plain mean; 100 rounds of 1% of the
+                       clients (slower to learn: README, federated results)
   runlocal             a tiny model and a few rounds, for tests
 Clients are users; --config.federated.grouping=random (groups of federated.group_size) or
 =attribute (MovieLens-1M: --config.federated.group_attribute=age) for cross-silo clients. DP-FedAvg:
@@ -27,12 +31,14 @@ from u2qt import config as config_lib
 from u2qt import defaults
 
 DATASETS = {"ml1m": "../shared/data/movielens-1m", "beauty": "../shared/data/amazon-beauty-2014"}
+# FedAdam's rounds and share of the clients each round: about 300 clients a round on both.
+FEDADAM_ROUNDS = {"ml1m": (600, 0.1), "beauty": (900, 0.0134)}
 
 
 def get_config(arg=None):
     v = config_lib.variants(arg, "configs/federated.py",
                             choose={"data set": tuple(DATASETS), "model": ("mrff", "fedavg", "central")},
-                            flags=("runlocal",))
+                            flags=("paper", "adamw", "runlocal"))
     dataset = v["data set"] or "ml1m"
     model = v["model"] or "mrff"
     c = defaults.federated()
@@ -42,38 +48,40 @@ def get_config(arg=None):
         c.data.reader = "movielens"
         c.data.max_history = 50
     c.model.variant = "mrff" if model == "mrff" else "sasrec"
-    # Measured on the shared 2-core CPU (README, federated results; BENCHMARKS.md). Clients running
-    # AdamW (their shared moments averaged) plateaued ML-1M at ~0.18 test Recall@10 whatever the
-    # rounds or lr (300 rounds of 5% × 4 local steps at lr 1e-2: FedAvg SASRec 0.1754; central
-    # 0.2174). Beauty keeps that schedule, not re-measured: 100 rounds of 1% (224 clients) × 4 local
-    # steps, each client sampled about once (~1 h a run here); far from converged.
-    c.train.lr = 1e-2
+    # Measured on the shared 2-core CPU (README, federated results; BENCHMARKS.md).
     c.train.warmup_steps = 8
-    c.federated.local_steps = 4
-    c.federated.rounds, c.federated.client_fraction = 100, 0.01
-    if dataset == "ml1m" and model != "central":
+    if v["adamw"] or model == "central":
+        # Clients running AdamW (their shared moments averaged) plateaued ML-1M at ~0.18 test
+        # Recall@10 whatever the rounds or lr (300 rounds of 5% × 4 local steps at lr 1e-2: FedAvg
+        # SASRec 0.1754; central 0.2174); Beauty at 100 rounds of 1%: 0.0144 (MRFF 0.0155).
+        c.train.lr = 1e-2
+        c.federated.local_steps = 4
+        c.federated.rounds, c.federated.client_fraction = 100, 0.01
+    else:
         # FedAdam (Reddi et al. 2021): each client one plain SGD step (clipped, lr 1: the server's
         # Adam normalizes the scale), the server Adam at lr 1e-2 with a warm-up of 15 rounds and a
-        # cosine decay, 600 rounds of 10% of the clients (300): the clients' compute of the old
-        # schedule. FedAvg SASRec: test Recall@10 0.2121 (98% of central), against 0.1754.
+        # cosine decay, about 300 clients a round. ML-1M, 600 rounds of 10%: FedAvg SASRec test
+        # Recall@10 0.2121 (98% of central), against 0.1754. Beauty, 300 rounds of 1.34%: FedAvg
+        # SASRec 0.0456, MRFF 0.0515, against 0.0144 / 0.0155, and still rising at round 300.
         c.train.lr = 1.0
         c.federated.client_optimizer = "sgd"
         c.federated.local_steps = 1
-        c.federated.rounds, c.federated.client_fraction = 600, 0.1
+        c.federated.rounds, c.federated.client_fraction = FEDADAM_ROUNDS[dataset]
         c.federated.server_optimizer = "adam"
         c.federated.server_lr = 1e-2
         c.federated.server_b2 = 0.999
         c.federated.server_tau = 1e-8
         c.federated.server_schedule = "cosine"
         c.federated.server_warmup_rounds = 15
-    if dataset == "ml1m" and model == "mrff":
-        # Measured on ML-1M at this FedAdam schedule (test Recall@10 / NDCG@10; FedAvg SASRec
+    if model == "mrff" and not v["paper"]:
+        # Measured on ML-1M at the FedAdam schedule (test Recall@10 / NDCG@10; FedAvg SASRec
         # 0.2121 / 0.1115): the paper's MRFF (K = 4 whole-FFN group experts routed on the private u)
         # 0.1637 / 0.0831. One shared feed-forward E^s under zero-started group deltas
         # (model.expert_base) 0.1914; routed on the client's history (model.route_on) 0.1931; the
         # group deltas at a tenth of the server step (federated.group_lr_scale: each is averaged
         # over a quarter of the clients, and Adam steps that noisier mean as far as the rest) 0.2067
-        # / 0.1083 (0.2051 / 0.1095 at 0.3).
+        # / 0.1083 (0.2051 / 0.1095 at 0.3). Beauty, 300 rounds: 0.0515 / 0.0260 against FedAvg
+        # SASRec's 0.0456 / 0.0224.
         c.model.expert_base = "shared"
         c.model.route_on = "history"
         c.federated.group_lr_scale = 0.1
@@ -85,8 +93,8 @@ def get_config(arg=None):
     c.federated.private_lr_scale = 0.01
     c.federated.user_embedding_lr_scale = 0.01
     c.train.log_every = 10
-    c.train.eval_every = 50 if dataset == "ml1m" else 25
-    c.train.checkpoint_every = 25
+    c.train.eval_every = 50
+    c.train.checkpoint_every = 50
     if model == "central":
         del c.federated
         # The same rows at batch 128 to convergence (validation flat over the last quarter): ML-1M

@@ -181,7 +181,7 @@ def _variants():
                 specs.append(str(ROOT / "configs" / "amazon.py") + f":{data},{kind}{extra}")
     for data in ("ml1m", "beauty"):
         for model in ("mrff", "fedavg", "central"):
-            for extra in ("", ",runlocal"):
+            for extra in ("", ",runlocal", ",paper", ",adamw", ",paper,adamw,runlocal"):
                 specs.append(str(ROOT / "configs" / "federated.py") + f":{data},{model}{extra}")
     return specs
 

@@ -29,7 +29,7 @@ def _typed_users(root, users=120, length=10, seed=0):
     return path
 
 
-def _config(data, variant="beauty,runlocal", **overrides):
+def _config(data, variant="beauty,paper,adamw,runlocal", **overrides):
     cfg = config_lib.load_config_file(os.path.join(REPO, "configs", "federated.py") + ":" + variant)
     overrides = {"data.path": data, "data.max_history": 8, "model.dropout": 0.0, **overrides}
     for key, value in overrides.items():
@@ -77,7 +77,7 @@ def fed(tmp_path_factory):
     """MRFF on typed users, every client in the round: the setup, the compiled round, and each
     client's own local training (vmapped over all clients, as the round runs it)."""
     tmp_path = tmp_path_factory.mktemp("fed")
-    cfg = _config(_typed_users(str(tmp_path)), "beauty,mrff,runlocal",
+    cfg = _config(_typed_users(str(tmp_path)), "beauty,mrff,paper,adamw,runlocal",
                   **{"federated.client_fraction": 1.0, "model.seq_layers": 1})
     task, tx, part, server, store, data, weights, constants = _setup(cfg, tmp_path)
     n = task.num_clients
@@ -320,7 +320,7 @@ def test_clients_are_users_random_groups_or_an_attribute():
 def test_dp_clips_each_client_update_and_fedavg_sasrec_has_no_private_leaves(tmp_path):
     from u2qt.train import federated as fedlib
     clip = 1e-3
-    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,fedavg,runlocal",
+    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,fedavg,paper,adamw,runlocal",
                   **{"federated.client_fraction": 1.0, "federated.dp_clip": clip, "model.seq_layers": 1,
                      "train.lr": 1e-2, "train.warmup_steps": 0})
     task, tx, part, server, store, data, weights, constants = _setup(cfg, tmp_path)
@@ -343,7 +343,7 @@ def test_client_sgd_sends_only_parameters_and_one_local_step_is_the_mean_clipped
     import optax
     from u2qt.train import federated as fedlib
     lr, clip = 0.5, 2.5
-    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,fedavg,runlocal",
+    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,fedavg,paper,adamw,runlocal",
                   **{"federated.client_fraction": 1.0, "federated.client_optimizer": "sgd",
                      "federated.local_steps": 1, "model.seq_layers": 1, "train.lr": lr, "train.clip_norm": clip})
     task, tx, part, server, store, data, weights, constants = _setup(cfg, tmp_path)
@@ -370,7 +370,7 @@ def test_history_routes_decide_which_clients_average_each_zero_started_delta_exp
     """route_on "history" + expert_base "shared": the round routes each client by its own rows,
     averages each group expert (a delta started at zero) over the clients so routed only, and the
     shared feed-forward over all of them; no user embedding is stored."""
-    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,mrff,runlocal",
+    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,mrff,paper,adamw,runlocal",
                   **{"federated.client_fraction": 1.0, "federated.client_optimizer": "sgd", "federated.local_steps": 1,
                      "model.seq_layers": 1, "train.lr": 0.5, "model.route_on": "history", "model.expert_base": "shared"})
     task, tx, part, server, store, data, weights, constants = _setup(cfg, tmp_path)
@@ -434,10 +434,11 @@ def test_federated_run_private_state_stays_out_of_the_server_checkpoint_and_resu
     import orbax.checkpoint as ocp
     from u2qt.train.loop import run  # the loop dispatches a config with a federated family
     data = _typed_users(str(tmp_path), users=60)
-    # With a server optimizer that keeps state (FedAdam): its state is resumed too.
-    small = {"federated.client_fraction": 0.2, "model.seq_layers": 1, "federated.server_optimizer": "adam",
-             "federated.server_lr": 1e-2}
+    # The shipped MRFF: FedAdam (client SGD; the server's Adam state is resumed too), history routes
+    # over a shared feed-forward.
+    small = {"federated.client_fraction": 0.2, "model.seq_layers": 1}
     cfg = _config(data, "beauty,mrff,runlocal", **small)
+    assert cfg.federated.server_optimizer == "adam" and cfg.model.route_on == "history"
     whole = run(cfg, str(tmp_path / "whole"))
     assert whole["rounds"] == 4 and whole["clients_per_round"] == 12 and whole["bytes_up_per_round"] > 0
     halted = run(_config(data, "beauty,mrff,runlocal", **small, **{"train.halt_after_step": 2}), str(tmp_path / "split"))
@@ -478,9 +479,9 @@ def test_clients_split_over_four_devices_train_as_on_one(tmp_path, compile_cache
     data = _typed_users(str(tmp_path), users=60)
     flags = {"federated.client_fraction": 0.2, "model.seq_layers": 1, "federated.rounds": 2,
              "train.eval_every": 2, "train.checkpoint_every": 2, "train.log_every": 1}
-    one = run(_config(data, "beauty,mrff,runlocal", **flags), str(tmp_path / "one"))
+    one = run(_config(data, "beauty,mrff,paper,adamw,runlocal", **flags), str(tmp_path / "one"))
     argv = [sys.executable, os.path.join(REPO, "train.py"), "--config",
-            os.path.join(REPO, "configs", "federated.py") + ":beauty,mrff,runlocal", "--workdir", str(tmp_path / "four")]
+            os.path.join(REPO, "configs", "federated.py") + ":beauty,mrff,paper,adamw,runlocal", "--workdir", str(tmp_path / "four")]
     argv += [f"--config.{k}={v if isinstance(v, str) else repr(v)}"
              for k, v in {"data.path": data, "data.max_history": 8, "model.dropout": 0.0, **flags}.items()]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
@@ -516,7 +517,7 @@ def test_clients_split_over_four_devices_train_as_on_one(tmp_path, compile_cache
 def test_trained_mrff_beats_the_untrained_model(tmp_path, compile_cache):
     from u2qt.train import federated as fed
     data = _typed_users(str(tmp_path), users=160)
-    cfg = _config(data, "beauty,mrff,runlocal", **{
+    cfg = _config(data, "beauty,mrff,paper,adamw,runlocal", **{
         "federated.client_fraction": 0.5, "federated.rounds": 12, "federated.local_steps": 2, "train.lr": 1e-2,
         "train.warmup_steps": 2, "train.log_every": 6, "train.eval_every": 12, "train.checkpoint_every": 12,
         "model.seq_layers": 1})
