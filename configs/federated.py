@@ -41,6 +41,12 @@ def get_config(arg=None):
                             flags=("paper", "adamw", "runlocal"))
     dataset = v["data set"] or "ml1m"
     model = v["model"] or "mrff"
+    if v["paper"] and model != "mrff":
+        raise config_lib.ConfigError(f"configs/federated.py: the paper variant lays out MRFF; {model} has no "
+                                     "group experts")
+    if v["adamw"] and model == "central":
+        raise config_lib.ConfigError("configs/federated.py: the adamw variant is a federated schedule; central "
+                                     "trains in the ordinary loop")
     c = defaults.federated()
     c.data.path = DATASETS[dataset]
     c.train.progress = False

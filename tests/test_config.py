@@ -182,8 +182,18 @@ def _variants():
     for data in ("ml1m", "beauty"):
         for model in ("mrff", "fedavg", "central"):
             for extra in ("", ",runlocal", ",paper", ",adamw", ",paper,adamw,runlocal"):
+                if ("paper" in extra and model != "mrff") or ("adamw" in extra and model == "central"):
+                    continue  # refused: test_federated_variants_that_do_not_fit_the_model_are_refused
                 specs.append(str(ROOT / "configs" / "federated.py") + f":{data},{model}{extra}")
     return specs
+
+
+def test_federated_variants_that_do_not_fit_the_model_are_refused():
+    spec = str(ROOT / "configs" / "federated.py")
+    with pytest.raises(ConfigError, match="paper variant lays out MRFF; fedavg"):
+        load_config_file(spec + ":beauty,fedavg,paper")
+    with pytest.raises(ConfigError, match="adamw variant is a federated schedule"):
+        load_config_file(spec + ":ml1m,central,adamw")
 
 
 @pytest.mark.parametrize("spec", _variants())

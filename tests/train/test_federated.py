@@ -320,7 +320,7 @@ def test_clients_are_users_random_groups_or_an_attribute():
 def test_dp_clips_each_client_update_and_fedavg_sasrec_has_no_private_leaves(tmp_path):
     from u2qt.train import federated as fedlib
     clip = 1e-3
-    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,fedavg,paper,adamw,runlocal",
+    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,fedavg,adamw,runlocal",
                   **{"federated.client_fraction": 1.0, "federated.dp_clip": clip, "model.seq_layers": 1,
                      "train.lr": 1e-2, "train.warmup_steps": 0})
     task, tx, part, server, store, data, weights, constants = _setup(cfg, tmp_path)
@@ -343,7 +343,7 @@ def test_client_sgd_sends_only_parameters_and_one_local_step_is_the_mean_clipped
     import optax
     from u2qt.train import federated as fedlib
     lr, clip = 0.5, 2.5
-    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,fedavg,paper,adamw,runlocal",
+    cfg = _config(_typed_users(str(tmp_path), users=40), "beauty,fedavg,adamw,runlocal",
                   **{"federated.client_fraction": 1.0, "federated.client_optimizer": "sgd",
                      "federated.local_steps": 1, "model.seq_layers": 1, "train.lr": lr, "train.clip_norm": clip})
     task, tx, part, server, store, data, weights, constants = _setup(cfg, tmp_path)
