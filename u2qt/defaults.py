@@ -309,6 +309,7 @@ def federated() -> ml_collections.ConfigDict:
     d.path = ""
     d.max_description_chars = 2000  # the LC-Rec reader's (item text is not used)
     d.max_history = 20  # the protocol's history length (inputs of training rows too)
+    d.windows = 1  # training rows per user: its last max_history steps; n > 1: up to its last n windows; 0: all
 
     m = c.model = ml_collections.ConfigDict()
     m.variant = "mrff"  # mrff (group experts + private user expert) | sasrec (every parameter shared)
@@ -386,6 +387,7 @@ def federated() -> ml_collections.ConfigDict:
 _INT_AT_LEAST_1 = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
 _PROBABILITY = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")
 _AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+_INT_AT_LEAST_0 = (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
 
 
 def _one_of(*values):
@@ -486,6 +488,7 @@ CONSTRAINTS = {
     "data.device_mb": (lambda v: v >= 0, ">= 0"),
     "data.max_events": _INT_AT_LEAST_1,
     "data.max_history": _INT_AT_LEAST_1,
+    "data.windows": _INT_AT_LEAST_0,
     "model.dim": _INT_AT_LEAST_1,
     "model.num_heads": _INT_AT_LEAST_1,
     "model.dropout": _PROBABILITY,

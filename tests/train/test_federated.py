@@ -317,6 +317,28 @@ def test_clients_are_users_random_groups_or_an_attribute():
     np.testing.assert_array_equal(group_users(4, "attribute", attribute=np.array(["M", "F", "M", "F"])), [1, 0, 1, 0])
 
 
+def test_with_all_windows_a_client_holds_every_window_of_its_user_and_trains_on_them(tmp_path):
+    from u2qt.tasks.federated import FederatedRecTask
+    from u2qt.train import federated as fed
+    cfg = _config(_typed_users(str(tmp_path), users=12), "beauty,mrff,runlocal",
+                  **{"data.max_history": 3, "data.windows": 0, "federated.local_batch": 2})
+    task = FederatedRecTask(cfg, str(tmp_path / "cache"), log=lambda m: None)
+    data, weights = task.client_data()
+    assert data["inputs"].shape[:2] == (12, 3)  # 8 training items: windows of 3 + 3 + 1 targets
+    for u, seq in enumerate(task.split.train):
+        real = (data["targets"][u] > 0).any(-1)
+        pairs = sorted((int(a), int(b)) for a, b in zip(data["inputs"][u].ravel(), data["targets"][u].ravel()) if b)
+        assert real.sum() == 3 and pairs == sorted(zip(seq[:-1].tolist(), seq[1:].tolist()))
+        assert weights[u] == len(seq) - 1 and (data["client"][u] == task.client_of_user[u]).all()
+    # a local step draws local_batch of the client's rows (here 2 of its 3)
+    drawn = jax.jit(fed.local_training(lambda state, batch, c: (state, batch["targets"]), cfg, 3))
+    rows = {k: jnp.asarray(v[0]) for k, v in data.items()}
+    _, picked = drawn(0, rows, {}, jax.random.key(0))
+    assert picked.shape == (cfg.federated.local_steps, 2, 3)
+    for row in np.asarray(picked).reshape(-1, 3):
+        assert any((row == r).all() for r in data["targets"][0])
+
+
 def test_dp_clips_each_client_update_and_fedavg_sasrec_has_no_private_leaves(tmp_path):
     from u2qt.train import federated as fedlib
     clip = 1e-3

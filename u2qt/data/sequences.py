@@ -52,18 +52,33 @@ def remove_cold_items(split: LeaveOneOutSplit, num_items: int, fraction: float, 
     return ColdSplit(dataclasses.replace(split, train=train), cold.astype(np.int32))
 
 
-def next_item_examples(sequences: Sequence[np.ndarray], max_len: int) -> dict[str, np.ndarray]:
-    """Training pairs, one row per sequence: inputs = s[:-1], targets = s[1:], the last
-    `max_len` steps, left-padded with 0 (sequences with < 2 items give an all-zero row)."""
-    inputs = np.zeros((len(sequences), max_len), dtype=np.int32)
-    targets = np.zeros_like(inputs)
+def next_item_examples(sequences: Sequence[np.ndarray], max_len: int, windows: int = 1) -> dict[str, np.ndarray]:
+    """Training pairs: inputs = s[:-1], targets = s[1:] in windows of `max_len` steps, left-padded
+    with 0. Each sequence gives its last window, and with ``windows`` > 1 up to that many (0: all),
+    each the `max_len` steps before the previous one (SASRec's rows for sequences longer than its
+    history). "sequence" [N] is each row's sequence index. Every sequence gives its last window (an
+    all-zero row when it has < 2 items); the earlier ones each hold at least one target."""
+    if windows < 0:
+        raise ValueError(f"next_item_examples: windows={windows} must be >= 0 (0: all)")
+    spans = []  # (sequence, start, stop) of the items one row covers
     for row, seq in enumerate(sequences):
-        seq = np.asarray(seq)[-(max_len + 1):]
+        end = len(seq)
+        for w in range(windows or max(end, 1)):
+            start = max(end - (max_len + 1), 0)
+            if w and end - start < 2:
+                break
+            spans.append((row, start, end))
+            end = start + 1  # the next window's last target is this one's first input
+    inputs = np.zeros((len(spans), max_len), dtype=np.int32)
+    targets = np.zeros_like(inputs)
+    for r, (row, start, end) in enumerate(spans):
+        seq = np.asarray(sequences[row])[start:end]
         n = max(seq.size - 1, 0)
         if n:
-            inputs[row, max_len - n:] = seq[:-1]
-            targets[row, max_len - n:] = seq[1:]
-    return {"inputs": inputs, "targets": targets}
+            inputs[r, max_len - n:] = seq[:-1]
+            targets[r, max_len - n:] = seq[1:]
+    sequence = np.asarray([row for row, _, _ in spans], np.int32).reshape(-1)
+    return {"inputs": inputs, "targets": targets, "sequence": sequence}
 
 
 def position_examples(train: Sequence[np.ndarray], max_history: int, seed: int) -> dict[str, np.ndarray]:

@@ -3,9 +3,11 @@
 recommender here shares (``LeaveOneOut``).
 
 Data (``data.reader``): an LC-Rec directory (Amazon Beauty, ...) or MovieLens-1M's GroupLens
-files, read as EfficientRec reads them. Training rows: SASRec's, one per user (inputs s[:-1] →
-targets s[1:] of the user's training items, the last ``data.max_history``), each with the index
-of the client that holds it (``client``). Clients (``federated.grouping``):
+files, read as EfficientRec reads them. Training rows: SASRec's (inputs s[:-1] → targets s[1:] of
+the user's training items in windows of ``data.max_history``): the last window of each user, and
+with ``data.windows`` > 1 up to that many of its windows, each ending where the next begins (0: all;
+for histories longer than the window, which the model would otherwise never train on), each row
+with the index of the client that holds it (``client``). Clients (``federated.grouping``):
   - "user"       every user is a client (the cross-device setting; the default)
   - "random"     users in seeded random groups of ``federated.group_size`` (cross-silo)
   - "attribute"  users grouped by the value of the user attribute ``federated.group_attribute``
@@ -94,9 +96,9 @@ class FederatedRecTask(LeaveOneOut):
         U = len(data.user_ids)
         self.client_of_user = self._clients(cfg, U)
         self.num_clients = int(self.client_of_user.max()) + 1 if U else 0
-        rows = next_item_examples(self.split.train, d.max_history)
+        rows = next_item_examples(self.split.train, d.max_history, d.windows)
         keep = (rows["targets"] > 0).any(1)
-        self.row_user = np.flatnonzero(keep).astype(np.int32)
+        self.row_user = rows["sequence"][keep]
         self.examples = {"inputs": rows["inputs"][keep], "targets": rows["targets"][keep],
                          "client": self.client_of_user[self.row_user]}
         if not len(self.row_user):

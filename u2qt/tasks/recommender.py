@@ -118,7 +118,8 @@ class RecommenderTask(LeaveOneOut):
         m, d = cfg.model, cfg.data
         self._read(cfg, log)
         data = self.data
-        self.examples = next_item_examples(self.split.train, d.max_history)
+        rows = next_item_examples(self.split.train, d.max_history)
+        self.examples = {"inputs": rows["inputs"], "targets": rows["targets"]}
         if not len(self.examples["inputs"]):
             raise DataError(f"{d.path}: no training sequences are left once the validation and test items are held out")
         cap = cfg.train.target_capacity  # -1: sized from the data (see sasrec.target_capacity); 0: all B · T
