@@ -378,6 +378,10 @@ def federated() -> ml_collections.ConfigDict:
     e = c.eval = ml_collections.ConfigDict()
     e.batch_size = 512
     e.popularity_buckets = 3
+    # MRFF ranks a user with its client's private experts (on: the paper) or with them zeroed (off:
+    # they still train, taking up what fits the client's own items, and the ranking uses what the
+    # shared and group parts learnt). Every report also has the other setting's metrics to choose by.
+    e.private_experts = "on"
     return c
 
 
@@ -528,6 +532,7 @@ CONSTRAINTS = {
     "model.gate_hidden": _INT_AT_LEAST_1,
     "model.expert_start": _one_of("copies", "independent"),
     "model.route_on": _one_of("user", "history"),
+    "eval.private_experts": _one_of("on", "off"),
     "model.expert_base": _one_of("none", "shared"),
     "federated.rounds": _INT_AT_LEAST_1,
     "federated.client_fraction": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),

@@ -339,6 +339,31 @@ def test_with_all_windows_a_client_holds_every_window_of_its_user_and_trains_on_
         assert any((row == r).all() for r in data["targets"][0])
 
 
+def test_ranking_without_the_private_experts_is_a_setting_and_each_report_has_the_other(tmp_path):
+    from u2qt.tasks.federated import FederatedRecTask
+    from u2qt.train import federated as fed
+    data = _typed_users(str(tmp_path), users=40)
+    cfg = _config(data, "beauty,mrff,runlocal", **{"model.seq_layers": 1})
+    task, _, part, server, store, *_ = _setup(cfg, tmp_path)
+    params = fed.eval_params(part, server, store, task.num_clients)
+    noise = jax.random.split(jax.random.key(3), len(jax.tree.leaves(params)))
+    params = jax.tree.unflatten(jax.tree.structure(params), [  # private experts that change the ranking
+        x + 0.5 * jax.random.normal(k, x.shape) if r == "private" else x
+        for x, r, k in zip(jax.tree.leaves(params), jax.tree.leaves(task.roles(params)), noise)])
+    on = task.report(params, {})
+    off_task = FederatedRecTask(_config(data, "beauty,mrff,runlocal", **{"model.seq_layers": 1,
+                                                                          "eval.private_experts": "off"}),
+                                str(tmp_path / "cache"), log=lambda m: None)
+    off = off_task.report(params, {})
+    for k in ("Recall@10", "NDCG@10", "valid_Recall@10", "valid_NDCG@10"):
+        assert on[f"private_off_{k}"] == off[k] and off[f"private_on_{k}"] == on[k], k
+    assert on["NDCG@10"] != off["NDCG@10"]
+    from u2qt import defaults
+    with pytest.raises(config_lib.ConfigError, match="eval.private_experts"):
+        config_lib.validate(_config(data, "beauty,mrff,runlocal", **{"eval.private_experts": "maybe"}),
+                            defaults.CONSTRAINTS, defaults.cross_key_problems)
+
+
 def test_dp_clips_each_client_update_and_fedavg_sasrec_has_no_private_leaves(tmp_path):
     from u2qt.train import federated as fedlib
     clip = 1e-3

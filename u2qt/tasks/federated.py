@@ -24,8 +24,9 @@ shares of the previous round, ``constants["route_share"]``).
 
 Evaluation: each user's cases are scored with the parameters of the user's client (its private
 ones included): ``ranks`` takes the parameters with every private leaf stacked over clients
-[num_clients, ...] (the shared and group ones as they are). MRFF's report adds the test metrics
-with the private experts zeroed ("private_off_*"), the measure of what they add.
+[num_clients, ...] (the shared and group ones as they are). ``eval.private_experts`` "off" ranks
+with MRFF's private experts zeroed (they still train); MRFF's report adds the test and validation
+metrics of the other setting ("private_off_*" or "private_on_*"), the measure of what they add.
 """
 from __future__ import annotations
 
@@ -115,6 +116,7 @@ class FederatedRecTask(LeaveOneOut):
             self.num_experts = 0
             self.constants = {}
         self._scores = jax.jit(self._score_rows)
+        self.private_experts = cfg.eval.get("private_experts", "on") == "on"
         active = np.unique(self.examples["client"]).size
         log(f"data: {data.num_items:,} items, {U:,} users, {len(self.row_user):,} training rows in "
             f"{active:,} clients with data ({self.num_clients:,} clients, grouping "
@@ -179,15 +181,25 @@ class FederatedRecTask(LeaveOneOut):
         return jax.vmap(lambda p, h: fn(p, h[None], self.model)[0], in_axes=(axes, 0))(rows, history)
 
     def report(self, params, constants) -> dict:
-        """The shared report; for MRFF also the test metrics with every client's private experts
-        zeroed ("private_off_*"): what the private experts add to the ranking."""
+        """The shared report; for MRFF also the test and validation metrics with the other setting of
+        ``eval.private_experts`` ("private_off_*" / "private_off_valid_*" when the ranking uses the
+        private experts, "private_on_*" when it zeroes them): what the private experts add, and the
+        validation numbers to choose the setting by."""
         out = super().report(params, constants)
         if self.num_experts:
-            ranks = self.ranks(without_private_experts(params), constants, self.test_cases, "test, private experts off")
-            out.update({f"private_off_{k}": v for k, v in ranking.metrics_from_ranks(ranks).items()})
+            other = "off" if self.private_experts else "on"
+            for prefix, cases in (("", self.test_cases), ("valid_", self.valid_cases)):
+                ranks = self.ranks(params, constants, cases, f"{'validation' if prefix else 'test'}, private experts {other}",
+                                   private_experts=not self.private_experts)
+                out.update({f"private_{other}_{prefix}{k}": v for k, v in ranking.metrics_from_ranks(ranks).items()})
         return out
 
-    def ranks(self, params, constants, cases: ranking.EvalCases, desc: str = "evaluation") -> np.ndarray:
+    def ranks(self, params, constants, cases: ranking.EvalCases, desc: str = "evaluation",
+              private_experts: bool | None = None) -> np.ndarray:
+        """Ranks of ``cases``, each user with its client's parameters; MRFF's private experts zeroed
+        when ``private_experts`` (default: ``eval.private_experts``) is off."""
+        if self.num_experts and not (self.private_experts if private_experts is None else private_experts):
+            params = without_private_experts(params)
         clients = jnp.asarray(self.client_of_user)
         return ranking.evaluate_ranks(lambda b: self._scores(params, clients[b["user"]], b["history"]), cases,
                                       self.cfg.eval.batch_size, log=self.log, desc=desc)
