@@ -54,10 +54,10 @@ def remove_cold_items(split: LeaveOneOutSplit, num_items: int, fraction: float, 
 
 def next_item_examples(sequences: Sequence[np.ndarray], max_len: int, windows: int = 1) -> dict[str, np.ndarray]:
     """Training pairs: inputs = s[:-1], targets = s[1:] in windows of `max_len` steps, left-padded
-    with 0. Each sequence gives its last window, and with ``windows`` > 1 up to that many (0: all),
-    each the `max_len` steps before the previous one (SASRec's rows for sequences longer than its
-    history). "sequence" [N] is each row's sequence index. Every sequence gives its last window (an
-    all-zero row when it has < 2 items); the earlier ones each hold at least one target."""
+    with 0. Every sequence gives its last window (an all-zero row when it has < 2 items); with
+    ``windows`` > 1 up to that many (0: all), each the `max_len` steps before the previous one and
+    holding at least one target (SASRec's rows for sequences longer than its history).
+    "sequence" [N] is each row's sequence index."""
     if windows < 0:
         raise ValueError(f"next_item_examples: windows={windows} must be >= 0 (0: all)")
     spans = []  # (sequence, start, stop) of the items one row covers
