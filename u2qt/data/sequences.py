@@ -77,7 +77,7 @@ def next_item_examples(sequences: Sequence[np.ndarray], max_len: int, windows: i
         if n:
             inputs[r, max_len - n:] = seq[:-1]
             targets[r, max_len - n:] = seq[1:]
-    sequence = np.asarray([row for row, _, _ in spans], np.int32).reshape(-1)
+    sequence = np.asarray([row for row, _, _ in spans], np.int32)
     return {"inputs": inputs, "targets": targets, "sequence": sequence}
 
 
