@@ -512,6 +512,54 @@ def test_federated_run_private_state_stays_out_of_the_server_checkpoint_and_resu
     assert [r["step"] for r in train] == [2, 4] and all(r["bytes_up"] > 0 and r["clients"] == 12 for r in train)
 
 
+def test_select_metric_reports_the_best_evaluation_and_its_copy_survives_a_resume(tmp_path, compile_cache,
+                                                                                  monkeypatch):
+    """With train.select_metric the report ranks with the server leaves and client store of the
+    evaluation that scored best (scripted here: round 2 of 4), not the last round's; the best copy
+    is checkpointed (never in the server item), so killed after round 3 and resumed ends the same."""
+    import orbax.checkpoint as ocp
+    from u2qt.tasks.federated import FederatedRecTask
+    from u2qt.train import federated as fed
+    data = _typed_users(str(tmp_path), users=60)
+    small = {"federated.client_fraction": 0.2, "model.seq_layers": 1, "train.select_metric": "valid_NDCG@10",
+             "train.eval_every": 1, "train.checkpoint_every": 1, "train.keep_checkpoints": 4}
+    cfg = _config(data, "beauty,mrff,runlocal", **small)
+    real = FederatedRecTask.evaluate
+    scores = {"left": []}
+
+    def scripted(self, params, constants):  # the real evaluation, its selection score scripted
+        return dict(real(self, params, constants), **{"valid_NDCG@10": scores["left"].pop(0)})
+
+    monkeypatch.setattr(FederatedRecTask, "evaluate", scripted)
+    scores["left"] = [0.1, 0.5, 0.2, 0.3]
+    whole = fed.run(cfg, str(tmp_path / "whole"))
+    assert whole["selected"] == {"metric": "valid_NDCG@10", "value": 0.5, "step": 2, "round": 2}
+    # The report is the round-2 federation's, read back from that round's checkpoint.
+    task, _, part, *_ = _setup(cfg.copy_and_resolve_references(), tmp_path)
+    restore = ocp.StandardCheckpointer().restore
+    at2 = {name: restore(str(tmp_path / "whole" / "checkpoints" / "2" / name)) for name in ("server", "clients")}
+    assert whole["test"] == task.report(fed.eval_params(part, at2["server"], at2["clients"], task.num_clients), {})
+    last = {name: restore(str(tmp_path / "whole" / "checkpoints" / "4" / name)) for name in ("server", "clients")}
+    assert whole["test"] != task.report(fed.eval_params(part, last["server"], last["clients"], task.num_clients), {})
+    best = restore(str(tmp_path / "whole" / "checkpoints" / "4" / "best"))
+    assert not any("user_embedding" in n or "private_expert" in n for n in best["leaves"])
+    jax.tree.map(np.testing.assert_array_equal, best["leaves"], at2["server"]["leaves"])
+    jax.tree.map(np.testing.assert_array_equal,
+                 restore(str(tmp_path / "whole" / "checkpoints" / "4" / "best_clients")), at2["clients"])
+    # Killed after round 3 (its best, round 2, checkpointed with it) and resumed: the same report.
+    scores["left"] = [0.1, 0.5, 0.2]
+    assert fed.run(_config(data, "beauty,mrff,runlocal", **small, **{"train.halt_after_step": 3}),
+                   str(tmp_path / "split")) == {"halted_at": 3}
+    scores["left"] = [0.3]
+    resumed = fed.run(cfg, str(tmp_path / "split"))
+    assert resumed["selected"] == whole["selected"] and resumed["test"] == whole["test"]
+    # A selection metric the evaluation does not produce is refused by name.
+    scores["left"] = [0.1]
+    with pytest.raises(config_lib.ConfigError, match="select_metric='valid_MRR' is not an eval metric"):
+        fed.run(_config(data, "beauty,mrff,runlocal", **dict(small, **{"train.select_metric": "valid_MRR"})),
+                str(tmp_path / "unknown"))
+
+
 @pytest.mark.heavy
 def test_clients_split_over_four_devices_train_as_on_one(tmp_path, compile_cache):
     """A round's client axis sharded over the mesh's data axis (4 CPU devices, 12 clients a round:

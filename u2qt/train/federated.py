@@ -43,7 +43,10 @@ sent up (they would leak the gradients): the server's moments stay as they are.
 Checkpoints (one Orbax item each, written together, so a kill never splits them): "server" (the
 server state: shared and group leaves, the step and optimizer counts, the round, the sampling key,
 the route shares and the server optimizer's state when it has one) and "clients" (the client
-store). Killed (``train.halt_after_step`` rounds) and resumed equals uninterrupted. Units:
+store). With ``train.select_metric`` the trainer keeps a copy of the server leaves and of the
+client store from the evaluation that scored best on that validation metric (items "best" and
+"best_clients": twice the store's memory and disk), and the report ranks with them. Killed
+(``train.halt_after_step`` rounds) and resumed equals uninterrupted, the best copy included. Units:
 ``train.log_every``, ``eval_every``, ``checkpoint_every`` and ``halt_after_step`` count rounds;
 ``train.steps`` is set to rounds × local_steps (the clients' optimizer schedule).
 """
@@ -401,24 +404,31 @@ def eval_params(part: Partition, server: dict, store: dict, num_clients: int):
     return part.tree(leaves)["params"]
 
 
-def save(mngr, round_: int, server: dict, store: dict) -> None:
-    """The server state and (when clients hold private leaves) the client store, as two items of
-    one checkpoint."""
-    items = {"server": ocp.args.StandardSave(server)}
-    if store:
-        items["clients"] = ocp.args.StandardSave(store)
+def checkpoint_items(server: dict, store: dict, best: dict | None) -> dict:
+    """The items of one checkpoint: "server" (the server state), "clients" (the client store, when
+    clients hold private leaves) and, with ``train.select_metric``, "best" (the best evaluation's
+    server leaves, score and round) and "best_clients" (its client store)."""
+    items = {"server": server, "clients": store}
+    if best is not None:
+        items.update(best=best["server"], best_clients=best["clients"])
+    return {k: v for k, v in items.items() if v}
+
+
+def save(mngr, round_: int, server: dict, store: dict, best: dict | None = None) -> None:
+    """``checkpoint_items`` as the items of one checkpoint (written together: a kill never splits them)."""
+    items = {k: ocp.args.StandardSave(v) for k, v in checkpoint_items(server, store, best).items()}
     mngr.save(round_, args=ocp.args.Composite(**items), force=True)
 
 
-def restore_latest(mngr, server: dict, store: dict):
-    """(server, store, round) of the newest complete checkpoint, or (None, None, None)."""
+def restore_latest(mngr, server: dict, store: dict, best: dict | None = None):
+    """(server, store, best, round) of the newest complete checkpoint, or (None, None, None, None);
+    ``best`` None when the run keeps no best copy."""
     step = mngr.latest_step()
     if step is None:
-        return None, None, None
+        return None, None, None, None
     try:
-        items = {"server": ocp.args.StandardRestore(checkpoint.abstract_like(server))}
-        if store:
-            items["clients"] = ocp.args.StandardRestore(checkpoint.abstract_like(store))
+        items = {k: ocp.args.StandardRestore(checkpoint.abstract_like(v))
+                 for k, v in checkpoint_items(server, store, best).items()}
         got = mngr.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, OSError, KeyError) as e:
         if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
@@ -426,7 +436,17 @@ def restore_latest(mngr, server: dict, store: dict):
         raise WorkdirError(f"cannot restore the federation's checkpoint of round {step} in {mngr.directory}: it does "
                            f"not fit this run or its files are damaged ({str(e).splitlines()[0][:300]}); use a new "
                            f"--workdir") from e
-    return got["server"], got["clients"] if store else {}, step
+    if best is not None:
+        best = {"server": got["best"], "clients": got["best_clients"] if store else {}}
+    return got["server"], got["clients"] if store else {}, best, step
+
+
+def keep_best(server: dict, store: dict, value: float, round_: int) -> dict:
+    """The best-so-far copy: the server leaves and the client store as they are now (new buffers:
+    the rounds donate theirs), with the validation score and the round."""
+    return {"server": {"leaves": jax.tree.map(jnp.copy, server["leaves"]),
+                       "value": jnp.asarray(value, jnp.float32), "round": jnp.asarray(round_, jnp.int32)},
+            "clients": jax.tree.map(jnp.copy, store)}
 
 
 def run(cfg, workdir: str) -> dict:
@@ -493,10 +513,12 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         f"{nbytes(store) / 2**20:.1f} MiB for all; message per client: {down:,} bytes down, {up:,} up")
     mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), cfg.train.keep_checkpoints)
     scope.callback(mngr.wait_until_finished)
-    restored = restore_latest(mngr, server, store)
+    select = cfg.train.select_metric
+    best = keep_best(server, store, -np.inf, 0) if select else None  # -inf: no evaluation yet
+    restored = restore_latest(mngr, server, store, best)
     if restored[0] is not None:
-        server, store, _ = restored
-        log(f"resumed from the checkpoint of round {restored[2]}")
+        server, store, best, _ = restored
+        log(f"resumed from the checkpoint of round {restored[3]}")
 
     # ------------------------------------------------------------------ the round, compiled once
     t0 = time.time()
@@ -506,11 +528,20 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         constants).compile()
     log(f"round compiled in {time.time() - t0:.1f}s")
 
-    def evaluate(server, store, done, writer):
+    def evaluate(server, store, done, writer, best):
+        """Writes the validation metrics; returns the best-so-far copy (``train.select_metric``)."""
         in_flight.drain()  # the evaluation's timing counts the evaluation, not the queued rounds
         ev = task.evaluate(eval_params(part, server, store, N), constants)
         writer.write(done, "eval", ev)
-        log(f"eval at round {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if k.endswith("@10")))
+        line = f"eval at round {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if k.endswith("@10"))
+        if select:
+            if select not in ev:
+                raise ConfigError(f"config train.select_metric={select!r} is not an eval metric; known: {sorted(ev)}")
+            if ev[select] > float(best["server"]["value"]):
+                best = keep_best(server, store, ev[select], done)
+            line += f" (best {select} so far {float(best['server']['value']):.4f}, round {int(best['server']['round'])})"
+        log(line)
+        return best
 
     # ------------------------------------------------------------------ rounds
     rounds = f.rounds
@@ -541,11 +572,12 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
                                   + (f", {int(m['experts_used'])} experts used (max share {m['route_max_share']:.2f})"
                                      if 'experts_used' in m else "")))
         if done % cfg.train.eval_every == 0 or done == rounds:
-            evaluate(server, store, done, writer)
+            best = evaluate(server, store, done, writer, best)
         if checkpoint.due(done, rounds, cfg.train):
             checkpoint.check_finite({"server": server["leaves"], "server_opt": server.get("server_opt", {}),
-                                     "clients": store}, done, mngr.latest_step())
-            save(mngr, done, server, store)
+                                     "clients": store, **({"best": best["server"], "best_clients": best["clients"]}
+                                                          if best else {})}, done, mngr.latest_step())
+            save(mngr, done, server, store, best)
         if done == cfg.train.halt_after_step:
             halted = True
             break
@@ -555,7 +587,12 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         return checkpoint.halted(cfg.train, "round", writer, log)
 
     # ------------------------------------------------------------------ report
-    summary = {"test": task.report(eval_params(part, server, store, N), constants)}
+    summary = {}
+    if select:  # rank with the best evaluation's parameters
+        server, store = best["server"], best["clients"]
+        summary["selected"] = {"metric": select, "value": float(best["server"]["value"]),
+                               "step": int(best["server"]["round"]), "round": int(best["server"]["round"])}
+    summary["test"] = task.report(eval_params(part, server, store, N), constants)
     if task.data_warnings:
         summary["data_warnings"] = task.data_warnings
     summary.update(steps=rounds, rounds=rounds, local_steps=f.local_steps, clients=N, clients_per_round=C,
@@ -567,6 +604,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         report.plot_run(os.path.join(workdir, "training.png"), os.path.join(workdir, "metrics.jsonl"),
                         title=f"{os.path.basename(os.path.abspath(workdir))}: federated {cfg.model.variant}, "
                               f"{rounds:,} rounds × {C:,} clients, seed {cfg.seed}", test=summary.get("test"),
+                        selected=summary.get("selected"),
                         x_label="round", loss_title="clients' training loss (mean over local steps)")
     writer.close()
     log(report.summary_text(summary, workdir, "user"))
