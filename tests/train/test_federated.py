@@ -513,7 +513,7 @@ def test_federated_run_private_state_stays_out_of_the_server_checkpoint_and_resu
 
 
 def test_select_metric_reports_the_best_evaluation_and_its_copy_survives_a_resume(tmp_path, compile_cache,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, capsys):
     """With train.select_metric the report ranks with the server leaves and client store of the
     evaluation that scored best (scripted here: round 2 of 4), not the last round's; the best copy
     is checkpointed (never in the server item), so killed after round 3 and resumed ends the same."""
@@ -543,16 +543,29 @@ def test_select_metric_reports_the_best_evaluation_and_its_copy_survives_a_resum
     assert whole["test"] != task.report(fed.eval_params(part, last["server"], last["clients"], task.num_clients), {})
     best = restore(str(tmp_path / "whole" / "checkpoints" / "4" / "best"))
     assert not any("user_embedding" in n or "private_expert" in n for n in best["leaves"])
-    jax.tree.map(np.testing.assert_array_equal, best["leaves"], at2["server"]["leaves"])
-    jax.tree.map(np.testing.assert_array_equal,
-                 restore(str(tmp_path / "whole" / "checkpoints" / "4" / "best_clients")), at2["clients"])
+    best_clients = restore(str(tmp_path / "whole" / "checkpoints" / "4" / "best_clients"))
+    assert set(best["leaves"]) == set(part.where(kinds=("param",))) - set(best_clients)  # parameters only
+    for n in best["leaves"]:
+        np.testing.assert_array_equal(best["leaves"][n], at2["server"]["leaves"][n])
+    for n in best_clients:
+        np.testing.assert_array_equal(best_clients[n], at2["clients"][n])
     # Killed after round 3 (its best, round 2, checkpointed with it) and resumed: the same report.
     scores["left"] = [0.1, 0.5, 0.2]
     assert fed.run(_config(data, "beauty,mrff,runlocal", **small, **{"train.halt_after_step": 3}),
                    str(tmp_path / "split")) == {"halted_at": 3}
+    import shutil
+    shutil.copytree(tmp_path / "split", tmp_path / "old")
     scores["left"] = [0.3]
     resumed = fed.run(cfg, str(tmp_path / "split"))
     assert resumed["selected"] == whole["selected"] and resumed["test"] == whole["test"]
+    # A checkpoint written before select_metric was honoured (no best items): the selection
+    # starts over from the rounds after it, and the run says so.
+    for item in ("best", "best_clients"):
+        shutil.rmtree(tmp_path / "old" / "checkpoints" / "3" / item)
+    scores["left"] = [0.3]
+    old = fed.run(cfg, str(tmp_path / "old"))
+    assert old["selected"] == {"metric": "valid_NDCG@10", "value": pytest.approx(0.3), "step": 4, "round": 4}
+    assert "holds no best-so-far copy" in capsys.readouterr().out
     # A selection metric the evaluation does not produce is refused by name.
     scores["left"] = [0.1]
     with pytest.raises(config_lib.ConfigError, match="select_metric='valid_MRR' is not an eval metric"):
@@ -573,7 +586,8 @@ def test_clients_split_over_four_devices_train_as_on_one(tmp_path, compile_cache
         pytest.skip("the reference run needs a one-device process")
     data = _typed_users(str(tmp_path), users=60)
     flags = {"federated.client_fraction": 0.2, "model.seq_layers": 1, "federated.rounds": 2,
-             "train.eval_every": 2, "train.checkpoint_every": 2, "train.log_every": 1}
+             "train.eval_every": 1, "train.checkpoint_every": 2, "train.log_every": 1,
+             "train.select_metric": "valid_NDCG@10"}  # a best copy too, sharded as the store
     one = run(_config(data, "beauty,mrff,paper,adamw,runlocal", **flags), str(tmp_path / "one"))
     argv = [sys.executable, os.path.join(REPO, "train.py"), "--config",
             os.path.join(REPO, "configs", "federated.py") + ":beauty,mrff,paper,adamw,runlocal", "--workdir", str(tmp_path / "four")]
@@ -588,18 +602,19 @@ def test_clients_split_over_four_devices_train_as_on_one(tmp_path, compile_cache
     assert scalars(four["test"]) == pytest.approx(scalars(one["test"]), abs=1e-6)
     restore = ocp.StandardCheckpointer().restore
     here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    for name in ("server", "clients"):
+    assert four["selected"] == dict(one["selected"], value=pytest.approx(one["selected"]["value"], abs=1e-6))
+    for name in ("server", "clients", "best", "best_clients"):
         a = restore(str(tmp_path / "one" / "checkpoints" / "2" / name))
         # The four-device checkpoint read onto this one device: 64 store rows there (61 here: 60
         # clients and the spare row, rounded up to the devices); the 60 clients' rows compared.
-        rows = lambda x: (64,) + x.shape[1:] if name == "clients" else x.shape
+        rows = lambda x: (64,) + x.shape[1:] if name.endswith("clients") else x.shape
         b = restore(str(tmp_path / "four" / "checkpoints" / "2" / name),
                     jax.tree.map(lambda x: jax.ShapeDtypeStruct(rows(x), x.dtype, sharding=here), a))
         far = {}
         for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
             key = jax.tree_util.keystr(path)
             x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-            if name == "clients":
+            if name.endswith("clients"):
                 x, y = x[:60], y[:60]
             if "key.bias" in key:  # its gradient is 0 (softmax ignores a shift of every logit of a
                 continue           # query): Adam scales rounding noise up to steps of ~lr there

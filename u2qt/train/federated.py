@@ -43,9 +43,10 @@ sent up (they would leak the gradients): the server's moments stay as they are.
 Checkpoints (one Orbax item each, written together, so a kill never splits them): "server" (the
 server state: shared and group leaves, the step and optimizer counts, the round, the sampling key,
 the route shares and the server optimizer's state when it has one) and "clients" (the client
-store). With ``train.select_metric`` the trainer keeps a copy of the server leaves and of the
-client store from the evaluation that scored best on that validation metric (items "best" and
-"best_clients": twice the store's memory and disk), and the report ranks with them. Killed
+store). With ``train.select_metric`` the trainer keeps a copy of the parameter leaves (server
+and client store, no optimizer state) from the evaluation that scored best on that validation
+metric, items "best" and "best_clients" (when clients hold private leaves) of the same checkpoint,
+and the report ranks with them. Killed
 (``train.halt_after_step`` rounds) and resumed equals uninterrupted, the best copy included. Units:
 ``train.log_every``, ``eval_every``, ``checkpoint_every`` and ``halt_after_step`` count rounds;
 ``train.steps`` is set to rounds × local_steps (the clients' optimizer schedule).
@@ -399,8 +400,11 @@ def initial_federation(task, tx, cfg, part_sample: dict, constants: dict, num_st
 
 
 def eval_params(part: Partition, server: dict, store: dict, num_clients: int):
-    """The parameter tree with every private leaf stacked over the clients [num_clients, ...]."""
-    leaves = {n: store[n][:num_clients] if n in store else server["leaves"][n] for n in part.names}
+    """The parameter tree with every private leaf stacked over the clients [num_clients, ...]
+    (only the parameter leaves of ``server["leaves"]`` and ``store`` are read)."""
+    params = set(part.where(kinds=("param",)))
+    leaves = {n: (store[n][:num_clients] if n in store else server["leaves"][n]) if n in params else None
+              for n in part.names}
     return part.tree(leaves)["params"]
 
 
@@ -441,12 +445,19 @@ def restore_latest(mngr, server: dict, store: dict, best: dict | None = None):
     return got["server"], got["clients"] if store else {}, best, step
 
 
-def keep_best(server: dict, store: dict, value: float, round_: int) -> dict:
-    """The best-so-far copy: the server leaves and the client store as they are now (new buffers:
-    the rounds donate theirs), with the validation score and the round."""
-    return {"server": {"leaves": jax.tree.map(jnp.copy, server["leaves"]),
-                       "value": jnp.asarray(value, jnp.float32), "round": jnp.asarray(round_, jnp.int32)},
-            "clients": jax.tree.map(jnp.copy, store)}
+def best_of(part: Partition, server: dict, store: dict, value, round_) -> dict:
+    """The best-so-far record {"server": {"leaves", "value", "round"}, "clients"}: the parameter
+    leaves of ``server`` and ``store`` (what the ranking reads; no optimizer state), as given."""
+    params = set(part.where(kinds=("param",)))
+    return {"server": {"leaves": {n: v for n, v in server["leaves"].items() if n in params},
+                       "value": value, "round": round_},
+            "clients": {n: v for n, v in store.items() if n in params}}
+
+
+def keep_best(part: Partition, server: dict, store: dict, value: float, round_: int) -> dict:
+    """``best_of`` the federation as it is now, copied (new buffers: the rounds donate theirs)."""
+    return jax.tree.map(jnp.copy, best_of(part, server, store, jnp.asarray(value, jnp.float32),
+                                          jnp.asarray(round_, jnp.int32)))
 
 
 def run(cfg, workdir: str) -> dict:
@@ -514,11 +525,21 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), cfg.train.keep_checkpoints)
     scope.callback(mngr.wait_until_finished)
     select = cfg.train.select_metric
-    best = keep_best(server, store, -np.inf, 0) if select else None  # -inf: no evaluation yet
+    best = None
+    if select:  # the restore's template: shapes only, nothing copied
+        scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=placement.replicated)
+        best = best_of(part, server, store, scalar(jnp.float32), scalar(jnp.int32))
+        latest = mngr.latest_step()
+        if latest is not None and not os.path.isdir(os.path.join(mngr.directory, str(latest), "best")):
+            log(f"the checkpoint of round {latest} holds no best-so-far copy (written without train.select_metric); "
+                f"the selection starts from the evaluations after it")
+            best = None
     restored = restore_latest(mngr, server, store, best)
     if restored[0] is not None:
         server, store, best, _ = restored
         log(f"resumed from the checkpoint of round {restored[3]}")
+    if select and (best is None or restored[0] is None):
+        best = keep_best(part, server, store, -np.inf, 0)  # -inf: no evaluation yet
 
     # ------------------------------------------------------------------ the round, compiled once
     t0 = time.time()
@@ -537,8 +558,8 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         if select:
             if select not in ev:
                 raise ConfigError(f"config train.select_metric={select!r} is not an eval metric; known: {sorted(ev)}")
-            if ev[select] > float(best["server"]["value"]):
-                best = keep_best(server, store, ev[select], done)
+            if float(np.float32(ev[select])) > float(best["server"]["value"]):  # a tie keeps the earlier round
+                best = keep_best(part, server, store, ev[select], done)
             line += f" (best {select} so far {float(best['server']['value']):.4f}, round {int(best['server']['round'])})"
         log(line)
         return best

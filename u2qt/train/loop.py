@@ -200,7 +200,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
             if select_metric not in ev:
                 raise config_lib.ConfigError(f"config train.select_metric={select_metric!r} is not an eval metric; "
                                              f"known: {sorted(ev)}")
-            if ev[select_metric] > float(state["best"]["value"]):
+            if float(np.float32(ev[select_metric])) > float(state["best"]["value"]):  # a tie keeps the earlier
                 best = {"params": jax.tree.map(jnp.copy, state["params"]),
                         "value": jnp.asarray(ev[select_metric], jnp.float32), "step": jnp.asarray(done, jnp.int32)}
                 state = dict(state, best=jax.device_put(best, state_shardings["best"]))
