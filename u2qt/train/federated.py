@@ -46,8 +46,8 @@ the route shares and the server optimizer's state when it has one) and "clients"
 store). With ``train.select_metric`` the trainer keeps a copy of the parameter leaves (server
 and client store, no optimizer state) from the evaluation that scored best on that validation
 metric, items "best" and "best_clients" (when clients hold private leaves) of the same checkpoint,
-and the report ranks with them. Killed
-(``train.halt_after_step`` rounds) and resumed equals uninterrupted, the best copy included. Units:
+and the report ranks with them. Killed (``train.halt_after_step`` rounds) and resumed equals
+uninterrupted, the best copy included. Units:
 ``train.log_every``, ``eval_every``, ``checkpoint_every`` and ``halt_after_step`` count rounds;
 ``train.steps`` is set to rounds × local_steps (the clients' optimizer schedule).
 """
