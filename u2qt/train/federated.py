@@ -595,9 +595,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         if done % cfg.train.eval_every == 0 or done == rounds:
             best = evaluate(server, store, done, writer, best)
         if checkpoint.due(done, rounds, cfg.train):
-            checkpoint.check_finite({"server": server["leaves"], "server_opt": server.get("server_opt", {}),
-                                     "clients": store, **({"best": best["server"], "best_clients": best["clients"]}
-                                                          if best else {})}, done, mngr.latest_step())
+            checkpoint.check_finite(checkpoint_items(server, store, best), done, mngr.latest_step())
             save(mngr, done, server, store, best)
         if done == cfg.train.halt_after_step:
             halted = True
