@@ -533,7 +533,7 @@ def test_select_metric_reports_the_best_evaluation_and_its_copy_survives_a_resum
     monkeypatch.setattr(FederatedRecTask, "evaluate", scripted)
     scores["left"] = [0.1, 0.5, 0.2, 0.3]
     whole = fed.run(cfg, str(tmp_path / "whole"))
-    assert whole["selected"] == {"metric": "valid_NDCG@10", "value": 0.5, "step": 2, "round": 2}
+    assert whole["selected"] == {"metric": "valid_NDCG@10", "value": 0.5, "step": 2}
     # The report is the round-2 federation's, read back from that round's checkpoint.
     task, _, part, *_ = _setup(cfg.copy_and_resolve_references(), tmp_path)
     restore = ocp.StandardCheckpointer().restore
@@ -564,7 +564,7 @@ def test_select_metric_reports_the_best_evaluation_and_its_copy_survives_a_resum
         shutil.rmtree(tmp_path / "old" / "checkpoints" / "3" / item)
     scores["left"] = [0.3]
     old = fed.run(cfg, str(tmp_path / "old"))
-    assert old["selected"] == {"metric": "valid_NDCG@10", "value": pytest.approx(0.3), "step": 4, "round": 4}
+    assert old["selected"] == {"metric": "valid_NDCG@10", "value": pytest.approx(0.3), "step": 4}
     assert "holds no best-so-far copy" in capsys.readouterr().out
     # A selection metric the evaluation does not produce is refused by name.
     scores["left"] = [0.1]

@@ -80,3 +80,5 @@ def test_the_printed_report_names_counts_as_integers_and_shows_the_popularity_bu
     assert ("test by target popularity (head → tail, equal shares of training interactions): Recall@10 0.3000 / "
             "0.1000; NDCG@10 0.2000 / 0.0500 (358 / 4,547 cases)") in text
     assert "selected the step-250 parameters by valid_NDCG@10 = 0.0500" in text
+    # A federated summary counts rounds ("rounds" beside "steps"), and so does its selection line.
+    assert "selected the round-250 parameters" in summary_text(dict(summary, steps=300, rounds=300), "runs/x")

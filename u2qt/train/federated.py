@@ -610,7 +610,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
     if select:  # rank with the best evaluation's parameters
         server, store = best["server"], best["clients"]
         summary["selected"] = {"metric": select, "value": float(best["server"]["value"]),
-                               "step": int(best["server"]["round"]), "round": int(best["server"]["round"])}
+                               "step": int(best["server"]["round"])}  # a round, as summary["steps"] counts them
     summary["test"] = task.report(eval_params(part, server, store, N), constants)
     if task.data_warnings:
         summary["data_warnings"] = task.data_warnings

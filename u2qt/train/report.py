@@ -18,8 +18,8 @@ def _number(v) -> str:
 def summary_text(summary: dict, workdir: str, row_kind: str = "user") -> str:
     lines = [f"done in {summary['wall_seconds']:.0f}s; outputs in {workdir}"]
     if "selected" in summary:
-        unit = "round" if "round" in summary["selected"] else "step"  # the federated trainer's unit
-        lines.append(f"  selected the {unit}-{summary['selected'][unit]} parameters by "
+        unit = "round" if "rounds" in summary else "step"  # the federated trainer counts rounds
+        lines.append(f"  selected the {unit}-{summary['selected']['step']} parameters by "
                      f"{summary['selected']['metric']} = {summary['selected']['value']:.4f}")
     if "test" in summary:
         lines.append("  test: " + ", ".join(f"{k} {_number(v)}" for k, v in summary["test"].items()
