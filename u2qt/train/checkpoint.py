@@ -11,9 +11,10 @@ import os
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
-from u2qt.errors import STORAGE_ERRNOS, NonFiniteError, WorkdirError
+from u2qt.errors import STORAGE_ERRNOS, ConfigError, NonFiniteError, WorkdirError
 from u2qt.train.workdir import run_once_options
 
 
@@ -40,6 +41,15 @@ def check_finite(state, step: int, last_saved: int | None) -> None:
                 else "no checkpoint was written")
         raise NonFiniteError(f"step {step}: the train state holds NaN/Inf, so it was not saved; {keep}. "
                              f"Lower train.lr or check the data")
+
+
+def improves(ev: dict, metric: str, best_value) -> bool:
+    """Whether the evaluation ``ev`` beats the best-so-far copy's score ``best_value`` on
+    ``metric`` (``train.select_metric``), compared as the float32 the copy stores, so a tie keeps
+    the earlier copy. A metric the evaluation does not produce is refused by name."""
+    if metric not in ev:
+        raise ConfigError(f"config train.select_metric={metric!r} is not an eval metric; known: {sorted(ev)}")
+    return float(np.float32(ev[metric])) > float(best_value)
 
 
 def due(done: int, last: int, train) -> bool:

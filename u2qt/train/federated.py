@@ -556,9 +556,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
         writer.write(done, "eval", ev)
         line = f"eval at round {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items() if k.endswith("@10"))
         if select:
-            if select not in ev:
-                raise ConfigError(f"config train.select_metric={select!r} is not an eval metric; known: {sorted(ev)}")
-            if float(np.float32(ev[select])) > float(best["server"]["value"]):  # a tie keeps the earlier round
+            if checkpoint.improves(ev, select, best["server"]["value"]):
                 best = keep_best(part, server, store, ev[select], done)
             line += f" (best {select} so far {float(best['server']['value']):.4f}, round {int(best['server']['round'])})"
         log(line)

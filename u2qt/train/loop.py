@@ -197,10 +197,7 @@ def _run(cfg, workdir: str, scope: contextlib.ExitStack) -> dict:
             ev.update(task.evaluate(state["params"], constants))
         writer.write(done, "eval", ev)
         if select_metric:
-            if select_metric not in ev:
-                raise config_lib.ConfigError(f"config train.select_metric={select_metric!r} is not an eval metric; "
-                                             f"known: {sorted(ev)}")
-            if float(np.float32(ev[select_metric])) > float(state["best"]["value"]):  # a tie keeps the earlier
+            if checkpoint.improves(ev, select_metric, state["best"]["value"]):
                 best = {"params": jax.tree.map(jnp.copy, state["params"]),
                         "value": jnp.asarray(ev[select_metric], jnp.float32), "step": jnp.asarray(done, jnp.int32)}
                 state = dict(state, best=jax.device_put(best, state_shardings["best"]))
